@@ -1,0 +1,106 @@
+"""Quickstart: a small VideoJAM DiT trained on synthetic physics clips, on 2 CPU cores.
+
+  python -m data_pipelines.build_synthetic --config configs/quickstart.py
+  python -m videojam_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- Data: clips as built by data_pipelines/ (see videojam_jax/clip_records.py).
+  config.data = ml_collections.ConfigDict()
+  # A directory holding one clip dataset (the version folder with dataset_info.json,
+  # or any folder above it that holds exactly one).
+  config.data.dataset_dir = "data/quickstart"
+  config.data.num_frames = 8
+  config.data.height = 32
+  config.data.width = 32
+  config.data.flow_sigma = 0.15
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.shuffle_seed = 0
+  config.data.worker_count = 0          # Grain worker processes (0: in-process)
+  config.data.prefetch_buffer_size = 2
+  # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_train_clips = 1024
+  config.data.synthetic.num_eval_clips = 32
+  config.data.synthetic.seed = 0
+  config.data.synthetic.max_objects = 3
+  config.data.synthetic.fps = 8.0
+
+  # --- Model: a video DiT; jam=True adds VideoJAM's motion input rows and motion head.
+  config.model = ml_collections.ConfigDict()
+  config.model.jam = True
+  config.model.width = 128
+  config.model.depth = 4
+  config.model.num_heads = 4
+  config.model.mlp_ratio = 4.0
+  config.model.patch_size = (2, 4, 4)   # (frames, height, width)
+  config.model.dtype = "float32"        # compute dtype; params stay float32
+  config.model.remat_policy = "none"    # none | full | dots_saveable
+  config.model.attention_impl = "xla"   # jax.nn.dot_product_attention implementation
+  # Text conditioning: the built-in byte-level encoder, or precomputed embeddings.
+  config.model.text = ml_collections.ConfigDict()
+  config.model.text.source = "builtin"  # builtin | precomputed
+  config.model.text.max_length = 64     # tokens (bytes) per caption
+  config.model.text.width = 128
+  config.model.text.depth = 2
+  config.model.text.num_heads = 4
+  config.model.text.embedding_dim = 128  # dim of precomputed embeddings, if used
+
+  # --- Flow matching and VideoJAM training objective (DESIGN.md §1).
+  config.loss = ml_collections.ConfigDict()
+  config.loss.motion_weight = 1.0       # lambda_m
+  config.loss.text_dropout = 0.1
+  config.loss.motion_dropout = 0.1
+  config.loss.time_sampling = "logit_normal"  # uniform | logit_normal
+  config.loss.logit_normal_mean = 0.0
+  config.loss.logit_normal_std = 1.0
+
+  # --- Optimiser (optax AdamW).
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "cosine"      # constant | cosine
+  config.optim.warmup_steps = 50
+  config.optim.end_learning_rate_factor = 0.1
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.99
+  config.optim.weight_decay = 0.01
+  config.optim.grad_clip_norm = 1.0
+  config.optim.ema_decay = 0.99
+  config.optim.grad_accum_steps = 1
+
+  # --- Mesh: axis sizes; -1 takes the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  config.mesh.rules = "default"         # name of a logical-axis rules table (sharding.py)
+
+  # --- Training loop.
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16          # global
+  config.train.num_steps = 600
+  config.train.log_every = 25
+  config.train.checkpoint_every = 200
+  config.train.max_checkpoints_to_keep = 2
+  config.train.sample_every = 600
+  config.train.init_from = ""           # a base (non-JAM) or JAM checkpoint dir to start from
+
+  # --- Sampling (for periodic samples and evaluation).
+  config.sample = ml_collections.ConfigDict()
+  config.sample.num_samples = 4
+  config.sample.num_steps = 25
+  config.sample.solver = "euler"        # euler | heun
+  config.sample.time_shift = 1.0        # >1 spends more steps near noise
+  config.sample.guidance = "inner"      # none | cfg | inner
+  config.sample.text_scale = 5.0        # w1
+  config.sample.motion_scale = 3.0      # w2
+  config.sample.inner_guidance_until = 1.0  # apply Inner-Guidance for t < this; CFG after
+  config.sample.fps = 8
+  return config

@@ -1,0 +1,1 @@
+"""videojam_jax: VideoJAM (joint appearance-motion video diffusion) in JAX/Flax."""

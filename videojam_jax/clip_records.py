@@ -1,0 +1,86 @@
+"""The on-disk format of a training clip, shared by every dataset builder.
+
+Every builder in `data_pipelines/` (the synthetic physics clips, real video files)
+writes TFDS ArrayRecord shards whose examples have exactly these features, and
+records how the motion was made in the dataset metadata. The trainer reads the
+shards through `tfds.builder_from_directory` and checks the metadata with
+`check_dataset`, so it never depends on which builder made the data.
+
+Features of one example (T frames of H x W):
+  video:   uint8  [T, H, W, 3]   the frames
+  motion:  uint8  [T, H, W, 3]   flow encoded as an RGB video (motion_encoding.py)
+  flow:    float32 [T-1, H, W, 2] the flow itself in pixels (exact for synthetic
+                                  data, estimated for real video); for evaluation
+  caption: text                  what the clip shows
+  clip_id: text                  stable id of the clip (source file / seed + index)
+
+Metadata (tfds MetadataDict, saved as metadata.json beside the shards):
+  format_version, num_frames, height, width, fps, flow_estimator, flow_sigma,
+  source (e.g. "synthetic_physics", "video_files").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+FORMAT_VERSION = 1
+REQUIRED_METADATA = ("format_version", "num_frames", "height", "width", "fps",
+                     "flow_estimator", "flow_sigma", "source")
+
+
+class DatasetMismatchError(ValueError):
+  """The dataset on disk is not what the config asks for."""
+
+
+def clip_features(num_frames: int, height: int, width: int) -> tfds.features.FeaturesDict:
+  """The TFDS feature spec of one clip (ZLIB-compressed raw tensors, no TF needed)."""
+  zlib = tfds.features.Encoding.ZLIB
+  return tfds.features.FeaturesDict({
+      "video": tfds.features.Tensor(
+          shape=(num_frames, height, width, 3), dtype=np.uint8, encoding=zlib),
+      "motion": tfds.features.Tensor(
+          shape=(num_frames, height, width, 3), dtype=np.uint8, encoding=zlib),
+      "flow": tfds.features.Tensor(
+          shape=(num_frames - 1, height, width, 2), dtype=np.float32, encoding=zlib),
+      "caption": tfds.features.Text(),
+      "clip_id": tfds.features.Text(),
+  })
+
+
+def clip_metadata(*, num_frames: int, height: int, width: int, fps: float,
+                  flow_estimator: str, flow_sigma: float, source: str,
+                  **extra: Any) -> tfds.core.MetadataDict:
+  """The metadata every clip dataset carries (extra keys are kept too)."""
+  return tfds.core.MetadataDict(
+      format_version=FORMAT_VERSION, num_frames=int(num_frames), height=int(height),
+      width=int(width), fps=float(fps), flow_estimator=str(flow_estimator),
+      flow_sigma=float(flow_sigma), source=str(source), **extra)
+
+
+def check_dataset(metadata: Mapping[str, Any], *, num_frames: int, height: int,
+                  width: int, flow_sigma: float, where: str = "") -> None:
+  """Raises DatasetMismatchError unless `metadata` describes the clips we expect."""
+  missing = [k for k in REQUIRED_METADATA if k not in metadata]
+  if missing:
+    raise DatasetMismatchError(
+        f"{where}: not a videojam clip dataset (metadata lacks {missing}). "
+        "Build one with `python -m data_pipelines.build_synthetic` or "
+        "`python -m data_pipelines.build_from_videos`.")
+  if int(metadata["format_version"]) != FORMAT_VERSION:
+    raise DatasetMismatchError(
+        f"{where}: clip format version {metadata['format_version']}, this code reads "
+        f"{FORMAT_VERSION}; rebuild the dataset.")
+  want = {"num_frames": num_frames, "height": height, "width": width}
+  got = {k: int(metadata[k]) for k in want}
+  if got != want:
+    raise DatasetMismatchError(
+        f"{where}: dataset clips are {got} but the config asks for {want}; "
+        "rebuild the dataset at this size or change config.data.")
+  if abs(float(metadata["flow_sigma"]) - flow_sigma) > 1e-9:
+    raise DatasetMismatchError(
+        f"{where}: motion was encoded with sigma={metadata['flow_sigma']} but "
+        f"config.data.flow_sigma={flow_sigma}.")

@@ -1,0 +1,149 @@
+"""VideoJAM's motion representation: optical flow encoded as an RGB video.
+
+The encoding (DESIGN.md §1, Chefer et al. 2025 §3.1):
+
+  m     = min(1, |F| / (sigma * sqrt(H^2 + W^2)))     # normalised magnitude
+  alpha = atan2(F_y, F_x)                            # direction
+  HSV   = (hue = alpha, saturation = 1, value = m)    # static pixels are black
+
+so a motion video has the same shape and value range as the frames it describes
+and can go through the same autoencoder. The encoding is invertible wherever
+m < 1 (up to uint8 quantisation when stored as bytes).
+
+Hue convention: hue in [0, 1) is (alpha mod 2*pi) / (2*pi); alpha = 0 (motion to
++x, i.e. right) is red. Everything here is NumPy (host-side, used by the data
+builders and by the sample writer), vectorised over any leading axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_SIGMA = 0.15
+
+
+def _max_magnitude(height: int, width: int, sigma: float) -> float:
+  """The flow magnitude (pixels) that encodes to full brightness."""
+  return sigma * float(np.sqrt(height**2 + width**2))
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Vectorised HSV -> RGB, all channels in [0, 1]; returns [..., 3]."""
+  h6 = (h % 1.0) * 6.0
+  i = np.floor(h6).astype(np.int32) % 6
+  f = h6 - np.floor(h6)
+  p = v * (1.0 - s)
+  q = v * (1.0 - s * f)
+  t = v * (1.0 - s * (1.0 - f))
+  r = np.choose(i, [v, q, p, p, t, v])
+  g = np.choose(i, [t, v, v, q, p, p])
+  b = np.choose(i, [p, p, t, v, v, q])
+  return np.stack([r, g, b], axis=-1)
+
+
+def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Vectorised RGB -> HSV for [..., 3] arrays in [0, 1]."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  v = np.max(rgb, axis=-1)
+  c = v - np.min(rgb, axis=-1)
+  safe_c = np.where(c > 0, c, 1.0)
+  h = np.where(
+      v == r, ((g - b) / safe_c) % 6.0,
+      np.where(v == g, (b - r) / safe_c + 2.0, (r - g) / safe_c + 4.0))
+  h = np.where(c > 0, h / 6.0, 0.0)
+  s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
+  return h, s, v
+
+
+def flow_to_motion_frame(flow: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+  """Encodes flow [..., H, W, 2] (pixels, (dx, dy)) as RGB floats in [0, 1]."""
+  flow = np.asarray(flow, np.float32)
+  if flow.ndim < 3 or flow.shape[-1] != 2:
+    raise ValueError(f"flow must have shape [..., H, W, 2], got {flow.shape}")
+  height, width = flow.shape[-3], flow.shape[-2]
+  magnitude = np.linalg.norm(flow, axis=-1)
+  value = np.minimum(1.0, magnitude / _max_magnitude(height, width, sigma))
+  hue = (np.arctan2(flow[..., 1], flow[..., 0]) / (2 * np.pi)) % 1.0
+  return _hsv_to_rgb(hue, np.ones_like(value), value).astype(np.float32)
+
+
+def motion_frame_to_flow(rgb: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+  """Inverts `flow_to_motion_frame`: RGB [..., H, W, 3] in [0, 1] -> flow [..., H, W, 2].
+
+  Exact where the encoded magnitude is below the clip point (value < 1).
+  Model outputs that are not valid HSV colours (saturation < 1) are decoded by
+  their hue and brightness, which is the natural reading of them.
+  """
+  rgb = np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)
+  height, width = rgb.shape[-3], rgb.shape[-2]
+  hue, _, value = _rgb_to_hsv(rgb)
+  magnitude = value * _max_magnitude(height, width, sigma)
+  alpha = hue * 2 * np.pi
+  return np.stack([magnitude * np.cos(alpha), magnitude * np.sin(alpha)], axis=-1)
+
+
+def flows_to_motion_video(flows: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+  """T-1 flows [T-1, H, W, 2] -> a T-frame uint8 motion video [T, H, W, 3].
+
+  T frames give T-1 flows; the first flow is repeated so that the motion video
+  has exactly as many frames as the video (DESIGN.md §1).
+  """
+  flows = np.asarray(flows, np.float32)
+  if flows.ndim != 4 or flows.shape[-1] != 2 or flows.shape[0] < 1:
+    raise ValueError(f"flows must have shape [T-1>=1, H, W, 2], got {flows.shape}")
+  padded = np.concatenate([flows[:1], flows], axis=0)
+  return to_uint8(flow_to_motion_frame(padded, sigma))
+
+
+def motion_video_to_flows(motion: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+  """Inverse of `flows_to_motion_video`: uint8 or [0,1] float [T,H,W,3] -> [T-1,H,W,2]."""
+  motion = np.asarray(motion)
+  if motion.dtype == np.uint8:
+    motion = motion.astype(np.float32) / 255.0
+  return motion_frame_to_flow(motion[1:], sigma)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+  """[0, 1] floats -> uint8 with rounding."""
+  return np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8)
+
+
+def flow_to_colour_wheel(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+  """Renders flow [..., H, W, 2] with the Middlebury colour wheel -> uint8 RGB.
+
+  This is the standard optical-flow visualisation (Baker et al., IJCV 2011): a
+  55-colour wheel interpolated by direction, saturated by magnitude, white at
+  rest. Hand-written because none of our dependencies ships it (OpenCV only
+  documents an HSV rendering); it is the picture flow researchers expect.
+  `max_magnitude` fixes the scale (e.g. for a whole video); default: per call max.
+  """
+  flow = np.asarray(flow, np.float32)
+  wheel = _middlebury_wheel()
+  u, v = flow[..., 0], flow[..., 1]
+  magnitude = np.sqrt(u**2 + v**2)
+  scale = float(max_magnitude) if max_magnitude else float(np.max(magnitude))
+  scale = max(scale, 1e-6)
+  u, v, magnitude = u / scale, v / scale, np.minimum(magnitude / scale, 1.0)
+  angle = np.arctan2(-v, -u) / np.pi                     # in [-1, 1]
+  fk = (angle + 1.0) / 2.0 * (len(wheel) - 1)
+  k0 = np.floor(fk).astype(np.int32)
+  k1 = (k0 + 1) % len(wheel)
+  f = (fk - k0)[..., None]
+  colour = (1 - f) * wheel[k0] + f * wheel[k1]           # [..., 3] in [0, 1]
+  colour = 1 - magnitude[..., None] * (1 - colour)       # white at rest
+  return to_uint8(colour)
+
+
+def _middlebury_wheel() -> np.ndarray:
+  """The 55-entry Middlebury colour wheel, RGB in [0, 1]."""
+  segments = [(15, (1, 0, 0), (1, 1, 0)),    # red -> yellow
+              (6, (1, 1, 0), (0, 1, 0)),     # yellow -> green
+              (4, (0, 1, 0), (0, 1, 1)),     # green -> cyan
+              (11, (0, 1, 1), (0, 0, 1)),    # cyan -> blue
+              (13, (0, 0, 1), (1, 0, 1)),    # blue -> magenta
+              (6, (1, 0, 1), (1, 0, 0))]     # magenta -> red
+  rows = []
+  for n, start, end in segments:
+    ramp = np.arange(n, dtype=np.float32)[:, None] / n
+    rows.append((1 - ramp) * np.asarray(start, np.float32) + ramp * np.asarray(end, np.float32))
+  return np.concatenate(rows, axis=0)

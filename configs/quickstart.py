@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.shuffle_seed = 0
   config.data.worker_count = 0          # Grain worker processes (0: in-process)
   config.data.prefetch_buffer_size = 2
+  config.data.read_threads = 2
+  # .npz of precomputed caption embeddings (captions, embeddings, masks), used when
+  # model.text.source == "precomputed".
+  config.data.text_embeddings = ""
   # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train_clips = 1024
@@ -90,7 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 200
   config.train.max_checkpoints_to_keep = 2
   config.train.sample_every = 600
-  config.train.init_from = ""           # a base (non-JAM) or JAM checkpoint dir to start from
+  # A workdir (or its checkpoints/ folder) of a base (non-JAM) or JAM run to start
+  # from; a base checkpoint is retrofitted to VideoJAM (retrofit.py).
+  config.train.init_from = ""
+  config.train.init_from_weights = "ema"  # ema | params
 
   # --- Sampling (for periodic samples and evaluation).
   config.sample = ml_collections.ConfigDict()

@@ -1,0 +1,53 @@
+"""Generating and writing sample clips (video | motion side by side) during training."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from videojam_jax import motion_encoding
+from videojam_jax import sampler as sampler_lib
+from videojam_jax import text_encoder
+from videojam_jax import video_io
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+  """[-1, 1] model-space frames -> uint8."""
+  return motion_encoding.to_uint8((np.asarray(frames, np.float32) + 1.0) / 2.0)
+
+
+def prompt_batch(config: ml_collections.ConfigDict, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  if config.model.text.source != "builtin":
+    raise ValueError("periodic samples from captions need the builtin text encoder")
+  return text_encoder.tokenize(captions, config.model.text.max_length)
+
+
+def write_samples(out_dir: str, videos: np.ndarray, motions: np.ndarray | None,
+                  captions: list[str], fps: float, sigma: float) -> list[str]:
+  """Writes one MP4 per sample: the video beside its decoded motion (colour wheel)."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for i, caption in enumerate(captions):
+    video = to_uint8(videos[i])
+    if motions is not None:
+      flows = motion_encoding.motion_video_to_flows(to_uint8(motions[i]), sigma)
+      panel = video_io.side_by_side(video, flows)
+    else:
+      panel = video
+    path = os.path.join(out_dir, f"sample_{i:02d}.mp4")
+    video_io.write_video(path, panel, fps)
+    paths.append(path)
+  with open(os.path.join(out_dir, "captions.txt"), "w") as f:
+    f.write("\n".join(f"sample_{i:02d}.mp4\t{c}" for i, c in enumerate(captions)) + "\n")
+  return paths
+
+
+def generate(sample_fn, params: Any, config: ml_collections.ConfigDict, captions: list[str],
+             seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+  ids, mask = prompt_batch(config, captions)
+  video, motion = sample_fn(params, ids, mask, jax.random.key(seed))
+  return np.asarray(jax.device_get(video)), None if motion is None else np.asarray(jax.device_get(motion))

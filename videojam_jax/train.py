@@ -1,0 +1,40 @@
+r"""Trains a VideoJAM (or baseline) video DiT.
+
+  python -m videojam_jax.train --config configs/quickstart.py --workdir workdirs/quickstart \
+      [--config.train.num_steps=1000 ...]
+
+Running again with the same workdir resumes from its latest checkpoint.
+"""
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from videojam_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if jax.process_count() == 1 and _is_multihost_env():
+    jax.distributed.initialize()
+  logging.info("JAX %s, %d devices (%s)", jax.__version__, jax.device_count(), jax.default_backend())
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _is_multihost_env() -> bool:
+  """True on a multi-host TPU slice or when a coordinator is given explicitly."""
+  import os
+  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or
+              int(os.environ.get("TPU_WORKER_COUNT", "1") or 1) > 1 or
+              os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_frames = 8
   config.data.height = 32
   config.data.width = 32
+  config.data.channels = 3               # 3 = RGB pixels (latent configs use more; see docs/scaling.md)
   config.data.flow_sigma = 0.15
   config.data.train_split = "train"
   config.data.eval_split = "validation"

@@ -179,7 +179,8 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray],
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of one global batch (for sharding and ahead-of-time compiles)."""
   d, b = config.data, config.train.batch_size
-  video = jax.ShapeDtypeStruct((b, d.num_frames, d.height, d.width, 3), np.float32)
+  channels = int(d.get("channels", 3))   # model_lib.video_channels; 3 = RGB pixels
+  video = jax.ShapeDtypeStruct((b, d.num_frames, d.height, d.width, channels), np.float32)
   length = config.model.text.max_length
   if config.model.text.source == "precomputed":
     text = jax.ShapeDtypeStruct((b, length, config.model.text.embedding_dim), np.float32)

@@ -225,16 +225,21 @@ class VideoDiT(nn.Module):
     return layers.dense(self.config.width, (None, "embed"), dtype=dtype, name="text_proj")(encoded)
 
 
+def video_channels(config: ml_collections.ConfigDict) -> int:
+  """Channels of the model's input clips: 3 for RGB pixels, more for autoencoder latents."""
+  return int(config.data.get("channels", 3))
+
+
 def build_model(config: ml_collections.ConfigDict) -> VideoDiT:
   """The model for a full run config (reads config.model and the clip size in config.data)."""
   return VideoDiT(config.model, VideoShape(config.data.num_frames, config.data.height,
-                                           config.data.width))
+                                           config.data.width, video_channels(config)))
 
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> dict[str, jnp.ndarray]:
   """Zero inputs of the right shapes, for init and ahead-of-time compilation."""
   d = config.data
-  video = jnp.zeros((batch, d.num_frames, d.height, d.width, 3), jnp.float32)
+  video = jnp.zeros((batch, d.num_frames, d.height, d.width, video_channels(config)), jnp.float32)
   length = config.model.text.max_length
   if config.model.text.source == "precomputed":
     text = jnp.zeros((batch, length, config.model.text.embedding_dim), jnp.float32)

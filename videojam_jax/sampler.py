@@ -168,7 +168,7 @@ def make_sampler(config: ml_collections.ConfigDict, mesh: Mesh, settings: Sample
     return model.apply({"params": params}, *args)
 
   def sample(params, text, text_mask, rng):
-    shape = (text.shape[0], d.num_frames, d.height, d.width, 3)
+    shape = (text.shape[0], d.num_frames, d.height, d.width, model_lib.video_channels(config))
     rng_x, rng_d = jax.random.split(rng)
     constrain = lambda a: sharding.constrain(a, ("activation_batch", None, None, None, None))
     noise_x = constrain(jax.random.normal(rng_x, shape))

@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Text conditioning: the built-in byte-level encoder, or precomputed embeddings.
   config.model.text = ml_collections.ConfigDict()
   config.model.text.source = "builtin"  # builtin | precomputed
-  config.model.text.max_length = 64     # tokens (bytes) per caption
+  config.model.text.max_length = 200    # tokens (bytes) per caption; synthetic captions reach ~200
   config.model.text.width = 128
   config.model.text.depth = 2
   config.model.text.num_heads = 4

@@ -10,7 +10,6 @@ import ml_collections
 import numpy as np
 
 from videojam_jax import motion_encoding
-from videojam_jax import sampler as sampler_lib
 from videojam_jax import text_encoder
 from videojam_jax import video_io
 
@@ -33,11 +32,7 @@ def write_samples(out_dir: str, videos: np.ndarray, motions: np.ndarray | None,
   paths = []
   for i, caption in enumerate(captions):
     video = to_uint8(videos[i])
-    if motions is not None:
-      flows = motion_encoding.motion_video_to_flows(to_uint8(motions[i]), sigma)
-      panel = video_io.side_by_side(video, flows)
-    else:
-      panel = video
+    panel = video if motions is None else video_io.side_by_side(video, to_uint8(motions[i]), sigma)
     path = os.path.join(out_dir, f"sample_{i:02d}.mp4")
     video_io.write_video(path, panel, fps)
     paths.append(path)

@@ -25,21 +25,21 @@ def checkpoint_dir(workdir: str) -> str:
 
 def create_manager(workdir: str, train_config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """A CheckpointManager for `workdir/checkpoints` saving state + data iterator."""
+  # When to save is decided by the train loop (interval, end, preemption, signal);
+  # the manager only writes, asynchronously, and prunes old steps.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_config.max_checkpoints_to_keep,
-      save_interval_steps=train_config.checkpoint_every,
       enable_async_checkpointing=True,
       create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
                                item_names=(STATE, DATA_ITERATOR))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any,
-         *, force: bool = False) -> bool:
-  """Saves at `step` if the interval says so (or `force`); returns whether it did."""
-  return manager.save(step, args=ocp.args.Composite(**{
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any) -> None:
+  """Starts an asynchronous save of the state and data position at `step`."""
+  manager.save(step, args=ocp.args.Composite(**{
       STATE: ocp.args.StandardSave(state),
-      DATA_ITERATOR: grain.checkpoint.CheckpointSave(data_iterator)}), force=force)
+      DATA_ITERATOR: grain.checkpoint.CheckpointSave(data_iterator)}), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,

@@ -110,6 +110,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
                    config.train.init_from_weights)
   first_step = int(jax.device_get(state.step))
   num_steps = config.train.num_steps
+  if first_step >= num_steps:
+    logging.info("already trained to step %d (train.num_steps=%d): nothing to do", first_step, num_steps)
   logging.info("model: %s parameters", f"{train_state_lib.count_params(state.params):,}")
 
   spec = input_pipeline.batch_spec(config)
@@ -144,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
       preempted = manager.reached_preemption(step)
       final = step == num_steps
-      checkpoints.save(manager, step, state, data_iter, force=final or preempted or bool(stop.received))
+      if final or preempted or stop.received or step % config.train.checkpoint_every == 0:
+        checkpoints.save(manager, step, state, data_iter)
 
       if step % config.train.sample_every == 0 or final:
         if sample_fn is None:

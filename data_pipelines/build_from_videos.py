@@ -1,0 +1,264 @@
+"""Builds a training clip dataset from video files, with precomputed optical flow.
+
+  python -m data_pipelines.build_from_videos --videos DIR_OR_GLOB --captions FILE \
+      --output_dir DIR --num_frames 8 --height 32 --width 32 --fps 8 --stride 8 \
+      --estimator dis --preset medium --sigma 0.15 --workers 2
+
+Writes a TFDS dataset in the shared clip format (videojam_jax/clip_records.py) at
+
+  <output_dir>/video_clips/<config name>/1.0.0/
+
+plus build_report.json beside that version folder (files used, files skipped and
+why, clip counts, timing). The flow cache lives in <output_dir>/video_clips_work
+(or --work_dir): rerunning after an interruption, or after adding videos, only
+processes what is new; rerunning with nothing new rewrites nothing. Files that
+cannot give clips are skipped and reported, never fatal; videos without a caption
+are skipped too (see data_pipelines/video_dataset.py for why).
+
+Point the trainer at it with --config.data.dataset_dir=<output_dir>/video_clips/<config name>
+and the same num_frames / height / width / flow_sigma.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import tensorflow_datasets as tfds
+
+from data_pipelines import flow_estimators
+from data_pipelines import video_dataset
+from data_pipelines import video_files
+from videojam_jax import motion_encoding
+
+REPORT_NAME = "build_report.json"
+WORK_DIR_NAME = "video_clips_work"
+DEFAULT_VALIDATION_FRACTION = 0.05
+SUMMARY_MAX_FILES = 20  # skipped files listed in the printed summary (the JSON has all)
+
+@dataclasses.dataclass
+class BuildReport:
+  """What a build did; saved as build_report.json and printed as a summary."""
+  dataset_dir: str | None
+  report_path: str
+  settings: dict[str, Any]
+  files_found: int
+  files_with_clips: int
+  files_from_cache: int
+  clips: dict[str, int]
+  skipped: list[dict[str, str]]
+  warnings: list[str]
+  dataset_rewritten: bool
+  seconds: dict[str, float]
+  new_clips_per_second: float
+
+  def summary(self) -> str:
+    """A few human lines: counts, skipped files by reason, where things are."""
+    total = sum(self.clips.values())
+    splits = ", ".join(f"{k} {v}" for k, v in self.clips.items())
+    lines = [f"{total} clips ({splits}) from {self.files_with_clips} of "
+             f"{self.files_found} files ({self.files_from_cache} from cache) in "
+             f"{self.seconds['total']:.1f}s; new clips at {self.new_clips_per_second:.1f} clips/s."]
+    if self.dataset_dir:
+      state = "written" if self.dataset_rewritten else "unchanged, not rewritten"
+      lines.append(f"Dataset ({state}): {self.dataset_dir}")
+    if self.skipped:
+      reasons = Counter(s["reason"] for s in self.skipped)
+      lines.append(f"Skipped {len(self.skipped)} files: " +
+                   ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+      lines += [f"  [{s['reason']}] {s['path']}: {s['detail']}"
+                for s in self.skipped[:SUMMARY_MAX_FILES]]
+      if len(self.skipped) > SUMMARY_MAX_FILES:
+        lines.append(f"  ... and {len(self.skipped) - SUMMARY_MAX_FILES} more (see the report)")
+    lines += [f"Warning: {w}" for w in self.warnings]
+    lines.append(f"Report: {self.report_path}")
+    return "\n".join(lines)
+
+
+def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int = 8,
+          height: int = 32, width: int = 32, fps: float = 8.0, stride: int = 8,
+          max_clips_per_video: int = 0, estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
+          preset: str | None = None, estimator_weights: str | None = None,
+          estimator_modules: Sequence[str] = (),
+          sigma: float = motion_encoding.DEFAULT_SIGMA,
+          validation_fraction: float = DEFAULT_VALIDATION_FRACTION, workers: int = 2,
+          work_dir: str | None = None, progress: bool = True) -> BuildReport:
+  """Builds (or updates) the clip dataset; returns the report (also saved as JSON).
+
+  Raises FlowEstimatorError for a bad estimator, CaptionsError for a malformed
+  captions file, and NoClipsError (after saving the report) if no file gave a clip.
+  Bad video files never raise: they are skipped and listed in the report.
+  """
+  start = time.perf_counter()
+  clip_spec = video_files.ClipSpec(num_frames=num_frames, height=height, width=width,
+                                   fps=fps, stride=stride, max_clips=max_clips_per_video)
+  if estimator == "dis" and not preset:
+    preset = flow_estimators.DEFAULT_DIS_PRESET  # explicit, so cache keys agree
+  options = {}
+  if preset:
+    options["preset"] = preset
+  if estimator_weights:
+    options["weights_path"] = estimator_weights
+  flow_spec = video_dataset.FlowSpec(estimator, tuple(sorted(options.items())),
+                                     tuple(estimator_modules))
+  estimator_name = flow_spec.create().name  # fail fast, before any worker starts
+  config = video_dataset.make_builder_config(
+      clip_spec=clip_spec, flow_estimator=estimator_name, flow_sigma=sigma)
+  config_dir = os.path.join(output_dir, video_dataset.VideoClips.name, config.name)
+  version_dir = os.path.join(config_dir, str(video_dataset.VideoClips.VERSION))
+  work_dir = work_dir or os.path.join(output_dir, WORK_DIR_NAME)
+
+  # Inputs.
+  caption_map, warnings = video_dataset.load_captions(captions)
+  paths = video_dataset.find_videos(videos) if videos else None
+  if paths is not None and not paths:
+    warnings.append(f"no video files found at {videos!r}")
+  sources, skipped = video_dataset.match_captions(paths, caption_map, captions)
+  if paths is not None:
+    unused = len(set(caption_map) - set(paths))
+    if unused:
+      warnings.append(f"{unused} captions name files not among --videos; not used")
+  keyed = []
+  for source in sources:
+    try:
+      keyed.append(dataclasses.replace(
+          source, key=video_dataset.cache_key(source.path, clip_spec, estimator_name, flow_spec)))
+    except OSError as e:  # vanished or unreadable since it was listed
+      skipped.append(video_dataset.Skipped(source.path, "missing_file", str(e)))
+  sources = keyed
+
+  # Stage 1: clips + flow.
+  prepared = video_dataset.prepare_clips(sources, clip_spec, flow_spec, work_dir,
+                                         workers=workers, progress=progress)
+  good = {r.path for r in prepared.results if r.status in ("done", "cached")}
+  skipped += [video_dataset.Skipped(r.path, r.reason, r.detail)
+              for r in prepared.results if r.path not in good]
+  usable = [s for s in sources if s.path in good]
+
+  # Stage 2: TFDS shards (skipped when the same content is already there).
+  split_of = video_dataset.assign_splits([s.name for s in usable], validation_fraction)
+  plan = video_dataset.WritePlan(work_dir, {
+      split: [s for s in usable if split_of[s.name] == split]
+      for split in video_dataset.SPLITS})
+  write_start = time.perf_counter()
+  rewritten = False
+  clips = {split: 0 for split in video_dataset.SPLITS}
+  num_clips = {r.path: r.num_clips for r in prepared.results}
+  for split, split_sources in plan.splits.items():
+    clips[split] = sum(num_clips[s.path] for s in split_sources)
+  if usable and not plan.splits["validation"]:
+    warnings.append("no validation split (validation_fraction=0 or a single file); "
+                    "a trainer evaluating on 'validation' needs one")
+  dataset_dir = None
+  if usable:
+    dataset_dir = version_dir
+    if video_dataset.existing_digest(version_dir) != plan.digest(config):
+      _write_dataset(plan, config, output_dir, version_dir)
+      rewritten = True
+
+  os.makedirs(config_dir, exist_ok=True)
+  report = BuildReport(
+      dataset_dir=dataset_dir, report_path=os.path.join(config_dir, REPORT_NAME),
+      settings=dict(videos=videos, captions=captions, output_dir=output_dir,
+                    work_dir=work_dir, config_name=config.name,
+                    flow_estimator=estimator_name, flow_sigma=sigma,
+                    validation_fraction=validation_fraction, workers=workers,
+                    **dataclasses.asdict(clip_spec)),
+      files_found=len(sources) + sum(s.reason == "no_caption" for s in skipped),
+      files_with_clips=len(usable),
+      files_from_cache=sum(r.status == "cached" for r in prepared.results),
+      clips=clips,
+      skipped=[dataclasses.asdict(s) for s in skipped],
+      warnings=warnings,
+      dataset_rewritten=rewritten,
+      seconds=dict(prepare=round(prepared.seconds, 3),
+                   write=round(time.perf_counter() - write_start, 3),
+                   total=round(time.perf_counter() - start, 3)),
+      new_clips_per_second=round(prepared.clips_per_second, 3))
+  with open(report.report_path, "w") as f:
+    json.dump(dataclasses.asdict(report), f, indent=2)
+  if not usable:
+    raise video_dataset.NoClipsError(
+        f"no file gave a clip; nothing written.\n{report.summary()}")
+  return report
+
+
+def _write_dataset(plan: video_dataset.WritePlan, config: video_dataset.VideoClipsConfig,
+                   output_dir: str, version_dir: str) -> None:
+  """Writes the shards from the cache, replacing an older dataset of this config."""
+  # The old version folder must go before the builder is made: TFDS would
+  # otherwise restore the old dataset's info (metadata included) from it.
+  shutil.rmtree(version_dir, ignore_errors=True)
+  builder = video_dataset.VideoClips(plan=plan, config=config, data_dir=output_dir,
+                                     file_format=video_dataset.FILE_FORMAT)
+  # A throwaway download_dir keeps TFDS from leaving `downloads/` in output_dir.
+  with tempfile.TemporaryDirectory() as download_dir:
+    builder.download_and_prepare(
+        download_dir=download_dir,
+        download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a program: importing this
+  module for `build` must not claim flag names)."""
+  flags.DEFINE_string(
+      "videos", None, "Directory (searched recursively for video files) or glob. "
+      "Default: the videos the captions file lists.")
+  flags.DEFINE_string(
+      "captions", None, "JSONL ({'video': path, 'caption': text} per line) or CSV "
+      "(columns video,caption); relative paths are relative to this file.")
+  flags.DEFINE_string("output_dir", None, "TFDS data_dir to write into.")
+  flags.DEFINE_string("work_dir", None, f"Flow cache; default <output_dir>/{WORK_DIR_NAME}.")
+  flags.DEFINE_integer("num_frames", 8, "Frames per clip.")
+  flags.DEFINE_integer("height", 32, "Frame height.")
+  flags.DEFINE_integer("width", 32, "Frame width.")
+  flags.DEFINE_float("fps", 8.0, "Frame rate the videos are resampled to.")
+  flags.DEFINE_integer("stride", 8, "Frames between clip starts (< num_frames: overlap).")
+  flags.DEFINE_integer("max_clips_per_video", 0, "Clips per file at most (0: all).")
+  flags.DEFINE_string(
+      "estimator", flow_estimators.DEFAULT_ESTIMATOR,
+      f"Flow estimator, one of {flow_estimators.available_estimators()} or a plug-in's name.")
+  flags.DEFINE_string(
+      "preset", None, f"DIS preset: {sorted(flow_estimators.DIS_PRESETS)} "
+      f"(default {flow_estimators.DEFAULT_DIS_PRESET}).")
+  flags.DEFINE_string(
+      "estimator_weights", None, "Weights file for learned estimators (e.g. RAFT).")
+  flags.DEFINE_list(
+      "estimator_module", [], "Modules to import first (they register plug-in estimators).")
+  flags.DEFINE_float("sigma", motion_encoding.DEFAULT_SIGMA, "Motion encoding sigma.")
+  flags.DEFINE_float(
+      "validation_fraction", DEFAULT_VALIDATION_FRACTION,
+      "Fraction of files (not clips) in the validation split; 0: train only.")
+  flags.DEFINE_integer("workers", 2, "Processes for decoding + flow (<= 1: in-process).")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    report = build(
+        f.videos, f.captions, f.output_dir, num_frames=f.num_frames, height=f.height,
+        width=f.width, fps=f.fps, stride=f.stride, max_clips_per_video=f.max_clips_per_video,
+        estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
+        estimator_modules=f.estimator_module, sigma=f.sigma,
+        validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir)
+  except (video_dataset.NoClipsError, video_dataset.CaptionsError,
+          video_dataset.WorkerStartError, flow_estimators.FlowEstimatorError) as e:
+    raise SystemExit(f"error: {e}") from None  # a message, not a traceback
+  print(report.summary())
+
+
+if __name__ == "__main__":
+  define_flags()
+  flags.mark_flags_as_required(["captions", "output_dir"])
+  app.run(main)

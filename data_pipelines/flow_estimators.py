@@ -1,0 +1,191 @@
+"""Optical-flow estimators for real video, behind one small interface and a registry.
+
+VideoJAM trains on optical flow precomputed offline (DESIGN.md §1). Any estimator
+that maps a clip to its forward flow can be used:
+
+  estimate(frames uint8 [T, H, W, 3]) -> flow float32 [T-1, H, W, 2]
+
+where flow[k] is (dx, dy) in pixels, taking pixel p of frame k to p + flow[k](p) in
+frame k+1 (the same convention as the synthetic renderer and motion_encoding.py).
+
+Built in (OpenCV, CPU):
+  dis        Dense Inverse Search (Kroeger et al. 2016), presets ultrafast/fast/medium.
+             The default: good accuracy per CPU second.
+  farneback  Farneback polynomial expansion (2003): slower, smoother, a reference.
+  raft       A slot for RAFT (what the paper used). No RAFT network or weights ship
+             with this project, so creating it raises EstimatorUnavailableError that
+             explains how to plug one in.
+
+Plugging in your own estimator (e.g. RAFT): write a class with a `name` attribute
+and an `estimate` method as above, then register it before building:
+
+  from data_pipelines import flow_estimators
+  flow_estimators.register_estimator("raft", MyRaft, overwrite=True)
+
+From the command line, put that call in a module of yours and pass
+`--estimator_module=my_package.my_raft --estimator=raft --estimator_weights=PATH`;
+the build imports the module in every worker process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+DEFAULT_ESTIMATOR = "dis"
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+DEFAULT_DIS_PRESET = "medium"
+
+# Farneback parameters: OpenCV's documented example values (tutorial / samples),
+# except more pyramid levels so that motions of several pixels are still found.
+FARNEBACK_DEFAULTS = dict(pyr_scale=0.5, levels=4, winsize=15, iterations=3,
+                          poly_n=5, poly_sigma=1.2)
+
+
+class FlowEstimator(Protocol):
+  """What the data builders need from a flow estimator."""
+
+  name: str  # recorded in dataset metadata, e.g. "dis:medium"
+
+  def estimate(self, frames: np.ndarray) -> np.ndarray:
+    """uint8 frames [T, H, W, 3] -> float32 forward flow [T-1, H, W, 2] (dx, dy) px."""
+
+
+class FlowEstimatorError(ValueError):
+  """An estimator could not be created (unknown name, bad options)."""
+
+
+class EstimatorUnavailableError(FlowEstimatorError):
+  """The estimator exists as a slot but cannot run here (e.g. no weights)."""
+
+
+EstimatorFactory = Callable[..., FlowEstimator]
+_REGISTRY: dict[str, EstimatorFactory] = {}
+
+
+def register_estimator(name: str, factory: EstimatorFactory | None = None, *,
+                       overwrite: bool = False):
+  """Registers `factory(**options) -> FlowEstimator` under `name`.
+
+  Usable directly or as a class decorator. Re-registering a name needs
+  overwrite=True, so a typo cannot silently replace a built-in estimator.
+  """
+  def _register(f: EstimatorFactory) -> EstimatorFactory:
+    if name in _REGISTRY and not overwrite:
+      raise FlowEstimatorError(
+          f"flow estimator {name!r} is already registered; pass overwrite=True "
+          "to replace it")
+    _REGISTRY[name] = f
+    return f
+  return _register(factory) if factory is not None else _register
+
+
+def available_estimators() -> list[str]:
+  """Names that `create_estimator` accepts."""
+  return sorted(_REGISTRY)
+
+
+def create_estimator(name: str = DEFAULT_ESTIMATOR, **options: Any) -> FlowEstimator:
+  """Builds the estimator registered as `name` with `options` (e.g. preset='fast')."""
+  if name not in _REGISTRY:
+    raise FlowEstimatorError(
+        f"unknown flow estimator {name!r}; available: {available_estimators()}. "
+        "Register your own with data_pipelines.flow_estimators.register_estimator.")
+  try:
+    return _REGISTRY[name](**options)
+  except TypeError as e:  # wrong option names: say which estimator refused them
+    raise FlowEstimatorError(f"flow estimator {name!r} rejected options {options}: {e}") from e
+
+
+def check_frames(frames: np.ndarray) -> np.ndarray:
+  """Validates a clip for flow estimation; returns it as a uint8 array."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
+    raise ValueError(f"frames must have shape [T>=2, H, W, 3], got {frames.shape}")
+  if frames.dtype != np.uint8:
+    raise ValueError(f"frames must be uint8, got {frames.dtype}")
+  return frames
+
+
+class _PairwiseOpenCV:
+  """Base for OpenCV estimators that work on consecutive grayscale frames."""
+
+  name = "opencv"
+
+  def estimate(self, frames: np.ndarray) -> np.ndarray:
+    frames = check_frames(frames)
+    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    flows = [self._pair(a, b) for a, b in zip(grey[:-1], grey[1:])]
+    return np.stack(flows).astype(np.float32, copy=False)
+
+  def _pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    raise NotImplementedError
+
+
+@register_estimator("dis")
+class DISEstimator(_PairwiseOpenCV):
+  """OpenCV Dense Inverse Search optical flow (cv2.DISOpticalFlow)."""
+
+  def __init__(self, preset: str = DEFAULT_DIS_PRESET):
+    if preset not in DIS_PRESETS:
+      raise FlowEstimatorError(
+          f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
+    self.preset = preset
+    self.name = f"dis:{preset}"
+    self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+  def _pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    return self._dis.calc(prev, nxt, None)
+
+
+@register_estimator("farneback")
+class FarnebackEstimator(_PairwiseOpenCV):
+  """OpenCV Farneback dense optical flow (cv2.calcOpticalFlowFarneback)."""
+
+  def __init__(self, **params: float):
+    unknown = set(params) - set(FARNEBACK_DEFAULTS)
+    if unknown:
+      raise FlowEstimatorError(
+          f"unknown Farneback options {sorted(unknown)}; known: {sorted(FARNEBACK_DEFAULTS)}")
+    self.params = {**FARNEBACK_DEFAULTS, **params}
+    self.name = "farneback"
+
+  def _pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    p = self.params
+    return cv2.calcOpticalFlowFarneback(
+        prev, nxt, None, p["pyr_scale"], int(p["levels"]), int(p["winsize"]),
+        int(p["iterations"]), int(p["poly_n"]), p["poly_sigma"], 0)
+
+
+RAFT_HELP = (
+    "This project ships no RAFT network and no RAFT weights, and nothing can be "
+    "downloaded at run time. To use RAFT (the estimator the VideoJAM paper used): "
+    "write a class with a `name` attribute and "
+    "`estimate(frames uint8 [T,H,W,3]) -> float32 [T-1,H,W,2]` (forward flow, "
+    "(dx, dy) pixels) that loads your RAFT checkpoint from `weights_path`; register it "
+    "with `data_pipelines.flow_estimators.register_estimator('raft', YourRaft, "
+    "overwrite=True)` in a module of yours; then build with "
+    "`--estimator_module=your.module --estimator=raft --estimator_weights=PATH`. "
+    "Or use the built-in estimators: 'dis' (default) or 'farneback'.")
+
+
+@register_estimator("raft")
+def raft_slot(weights_path: str | None = None, **_: Any) -> FlowEstimator:
+  """The RAFT slot: always raises EstimatorUnavailableError with instructions."""
+  if not weights_path:
+    problem = ("flow estimator 'raft' needs weights: pass their path "
+               "(--estimator_weights=/path/to/raft.pth, i.e. weights_path=...).")
+  elif not os.path.exists(weights_path):
+    problem = f"RAFT weights not found at {weights_path!r}."
+  else:
+    problem = (f"RAFT weights exist at {weights_path!r} but no RAFT implementation "
+               "is registered to load them.")
+  raise EstimatorUnavailableError(f"{problem} {RAFT_HELP}")

@@ -10,6 +10,9 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # XLA's persistent compilation cache: a resumed or repeated run skips compiling.
+  # "" turns it off.
+  config.compilation_cache_dir = "~/.cache/videojam_jax/xla"
 
   # --- Data: clips as built by data_pipelines/ (see videojam_jax/clip_records.py).
   config.data = ml_collections.ConfigDict()

@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text.num_heads = 2
   config.model.text.max_length = 32
   config.train.batch_size = 4
-  config.train.num_steps = 6
+  config.train.num_steps = 12
   config.train.log_every = 1
   config.train.checkpoint_every = 3
   config.train.sample_every = 1000

@@ -6,6 +6,8 @@ r"""Trains a VideoJAM (or baseline) video DiT.
 Running again with the same workdir resumes from its latest checkpoint.
 """
 
+import os
+
 import jax
 from absl import app
 from absl import flags
@@ -24,13 +26,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if jax.process_count() == 1 and _is_multihost_env():
     jax.distributed.initialize()
+  config = _CONFIG.value
+  if config.get("compilation_cache_dir"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
   logging.info("JAX %s, %d devices (%s)", jax.__version__, jax.device_count(), jax.default_backend())
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  trainer.train_and_evaluate(config, _WORKDIR.value)
 
 
 def _is_multihost_env() -> bool:
   """True on a multi-host TPU slice or when a coordinator is given explicitly."""
-  import os
   return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or
               int(os.environ.get("TPU_WORKER_COUNT", "1") or 1) > 1 or
               os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))

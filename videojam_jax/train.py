@@ -7,6 +7,8 @@ Running again with the same workdir resumes from its latest checkpoint.
 """
 
 import os
+import re
+import sys
 
 import jax
 from absl import app
@@ -33,6 +35,31 @@ def main(argv):
   trainer.train_and_evaluate(config, _WORKDIR.value)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, plus a clear error for a --config.<path> that names no field.
+
+  ml_collections reports such an override with a bare AttributeError/KeyError
+  traceback ("'nonexistent'"), not as a flags error; say which override is wrong.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    detail = e
+    while isinstance(detail, BaseException) and detail.args:
+      detail = detail.args[0]
+    detail = str(detail)
+    key = re.match(r"'([^']*)'", detail)
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    named = [o for o in overrides if key and key.group(1) in o[len("--config."):].split(".")]
+    if not named:
+      raise
+    hint = " " + detail.split("\n", 1)[1] if "\n" in detail else ""
+    sys.stderr.write(f"FATAL Flags parsing error: {', '.join(named)}: the config has no field "
+                     f"{key.group(1)!r}; overrides can only set fields that the config file "
+                     f"defines.{hint}\n")
+    sys.exit(1)
+
+
 def _is_multihost_env() -> bool:
   """True on a multi-host TPU slice or when a coordinator is given explicitly."""
   return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or
@@ -41,4 +68,4 @@ def _is_multihost_env() -> bool:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -121,8 +121,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   if first_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                           if isinstance(v, (int, float, str, bool))})
+  # Reported only right after metrics are fetched: steps are dispatched
+  # asynchronously, so only synced points give true steps/s.
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every)
+                                           every_steps=config.train.log_every, every_secs=None)
   pending: list[dict[str, jax.Array]] = []
 
   with StopSignal() as stop:
@@ -133,7 +135,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)
-      report(step)
 
       if step % config.train.log_every == 0 or step == num_steps:
         # One device->host transfer per logging interval, not per step.
@@ -142,6 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         means["train/learning_rate"] = float(
             train_state_lib.learning_rate_schedule(config.optim, num_steps)(step - 1))
         writer.write_scalars(step, means)
+        report(step)
         pending = []
 
       preempted = manager.reached_preemption(step)

@@ -1,0 +1,206 @@
+"""Shared fixtures: a tiny config, a tiny synthetic dataset, tiny compiled models.
+
+Everything expensive (dataset build, model init, jitted forward passes) is
+session-scoped so that the test modules share one build and one compile each.
+Slow subprocesses (the real train command) can be registered with `start_early`:
+they start as soon as collection ends and run beside the other tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import quickstart
+from videojam_jax import model as model_lib
+from videojam_jax import text_encoder
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_TRAIN_CLIPS, TINY_EVAL_CLIPS = 16, 4
+# The test models are tiny: compile time dominates, and XLA's backend optimisations
+# cost more than they save (halves the compile of a forward pass on 2 CPU cores).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+CAPTIONS = ("a red ball bounces to the left", "a blue square falls")
+
+
+def tiny_config(dataset_dir: str = "", *, jam: bool = True) -> ml_collections.ConfigDict:
+  """The quickstart config at test size: 4x16x16 clips, a 2-block width-32 DiT."""
+  config = quickstart.get_config()
+  config.compilation_cache_dir = ""     # hermetic: no persistent XLA cache in $HOME
+  config.data.dataset_dir = str(dataset_dir)
+  config.data.num_frames, config.data.height, config.data.width = 4, 16, 16
+  config.data.synthetic.num_train_clips = TINY_TRAIN_CLIPS
+  config.data.synthetic.num_eval_clips = TINY_EVAL_CLIPS
+  config.data.prefetch_buffer_size = 0
+  config.data.read_threads = 1
+  config.model.jam = jam
+  config.model.width, config.model.depth, config.model.num_heads = 32, 2, 2
+  config.model.patch_size = (2, 4, 4)
+  config.model.text.width, config.model.text.depth = 32, 1
+  config.model.text.num_heads, config.model.text.max_length = 2, 32
+  config.model.text.embedding_dim = 32
+  config.train.batch_size = 4
+  config.train.num_steps = 2
+  config.train.log_every = 1
+  config.train.checkpoint_every = 1
+  config.train.sample_every = 1000
+  config.optim.warmup_steps = 1
+  config.sample.num_samples = 1
+  config.sample.num_steps = 1
+  return config
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config() -> Callable[..., ml_collections.ConfigDict]:
+  """Factory for fresh tiny configs: make_tiny_config(dataset_dir="", jam=True)."""
+  return tiny_config
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> tuple[str, str]:
+  """(dataset_dir, version_dir) of a 16-train / 4-eval synthetic dataset at 4x16x16."""
+  from data_pipelines import build_synthetic
+  dataset_dir = str(tmp_path_factory.mktemp("synthetic"))
+  return dataset_dir, build_synthetic.build(tiny_config(dataset_dir))
+
+
+def perturb(params: Any, seed: int, scale: float = 0.2,
+            keep: tuple[str, ...] = ()) -> Any:
+  """`params` plus N(0, scale^2) noise on every leaf (zero-initialised ones included),
+  except top-level entries named in `keep`: stands in for a trained checkpoint whose
+  heads and adaLN gates are no longer zero."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, sub in params.items():
+    if name in keep:
+      out[name] = sub
+    else:
+      out[name] = jax.tree.map(
+          lambda a: (np.asarray(a) + scale * rng.standard_normal(np.shape(a))).astype(np.asarray(a).dtype),
+          sub)
+  return out
+
+
+@pytest.fixture(scope="session")
+def perturb_params() -> Callable[..., Any]:
+  return perturb
+
+
+@dataclasses.dataclass
+class TinyModel:
+  config: ml_collections.ConfigDict
+  model: model_lib.VideoDiT
+  init_params: Any        # freshly initialised (zero-init heads stay zero)
+  apply: Callable         # jitted (params, x_t, d_t, t, text, text_mask, text_keep) -> (u_x, u_d)
+
+
+def _tiny_model(jam: bool) -> TinyModel:
+  config = tiny_config(jam=jam)
+  model = model_lib.build_model(config)
+  init = jax.jit(lambda rng: nn.unbox(model.init(rng, **model_lib.dummy_inputs(config))["params"]),
+                 compiler_options=FAST_COMPILE)
+  # An RngBitGenerator key compiles the initialisers much faster than threefry.
+  params = jax.device_get(init(jax.random.key(0, impl="unsafe_rbg")))
+  apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args),
+                  compiler_options=FAST_COMPILE)
+  return TinyModel(config, model, params, apply)
+
+
+@pytest.fixture(scope="session")
+def tiny_jam() -> TinyModel:
+  """A tiny VideoJAM model (jam=True); its jitted apply is shared by all tests."""
+  return _tiny_model(jam=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> TinyModel:
+  """The same tiny DiT without VideoJAM projections (jam=False)."""
+  return _tiny_model(jam=False)
+
+
+@pytest.fixture(scope="session")
+def model_inputs() -> dict[str, jnp.ndarray]:
+  """Random inputs for a batch of 2 at the tiny clip size (captions CAPTIONS)."""
+  config = tiny_config()
+  d = config.data
+  rng = np.random.default_rng(0)
+  shape = (2, d.num_frames, d.height, d.width, 3)
+  ids, mask = text_encoder.tokenize(list(CAPTIONS), config.model.text.max_length)
+  return dict(x_t=jnp.asarray(rng.standard_normal(shape), jnp.float32),
+              d_t=jnp.asarray(rng.standard_normal(shape), jnp.float32),
+              t=jnp.asarray([0.3, 0.8], jnp.float32),
+              text=jnp.asarray(ids), text_mask=jnp.asarray(mask),
+              text_keep=jnp.ones((2,), bool))
+
+
+class BackgroundCommand:
+  """A subprocess writing stdout+stderr to a log, started early and awaited by a test."""
+
+  def __init__(self, argv: list[str], workdir: pathlib.Path, env: dict[str, str] | None = None):
+    self.workdir = workdir
+    self._log_path = workdir / "log.txt"
+    self._log = open(self._log_path, "w")
+    self.process = subprocess.Popen(argv, cwd=REPO, env={**os.environ, **(env or {})},
+                                    stdout=self._log, stderr=subprocess.STDOUT)
+
+  def result(self, timeout: float = 600) -> tuple[int, str]:
+    """Waits for the command; returns (returncode, output)."""
+    returncode = self.process.wait(timeout=timeout)
+    self._log.close()
+    return returncode, self._log_path.read_text()
+
+  def stop(self) -> None:
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+    self._log.close()
+    shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# fixture name -> start(workdir) for commands that selected tests need.
+_EARLY_STARTERS: dict[str, Callable[[pathlib.Path], BackgroundCommand]] = {}
+_STARTED: dict[str, BackgroundCommand] = {}
+
+
+def start_early(fixture_name: str):
+  """Decorator for `start(workdir) -> BackgroundCommand`: it runs when collection ends if a
+  selected test uses the fixture `fixture_name` (which gets it with `started_command`)."""
+  def register(start):
+    _EARLY_STARTERS[fixture_name] = start
+    return start
+  return register
+
+
+def started_command(fixture_name: str) -> BackgroundCommand:
+  """The command registered for `fixture_name`, started now if it was not started early."""
+  if fixture_name not in _STARTED:
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix=f"videojam_{fixture_name}_"))
+    _STARTED[fixture_name] = _EARLY_STARTERS[fixture_name](workdir)
+  return _STARTED[fixture_name]
+
+
+def pytest_collection_finish(session):
+  if session.config.option.collectonly:
+    return
+  used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+  for name in _EARLY_STARTERS:
+    if name in used:
+      started_command(name)
+
+
+def pytest_sessionfinish(session):
+  while _STARTED:
+    _STARTED.popitem()[1].stop()

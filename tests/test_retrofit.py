@@ -21,7 +21,6 @@ from videojam_jax import checkpoints
 from videojam_jax import retrofit
 from videojam_jax import sharding
 from videojam_jax import train_state as train_state_lib
-from videojam_jax import trainer
 
 
 def _args(inputs, **changes):
@@ -169,24 +168,32 @@ def test_init_from_a_base_run_retrofits_its_weights(base_run, make_tiny_config, 
   assert np.any(ema["video_head"]["kernel"])
   assert not np.array_equal(ema["video_head"]["kernel"], params["video_head"]["kernel"])
 
-  # The JAM run's starting weights: exactly what the trainer loads for init_from
-  # (trainer.initial_params; no data or compile needed to get them).
+  # The JAM run's starting weights, loaded as trainer.initial_params loads them for
+  # train.init_from (load_weights + retrofit.load_into into the JAM param structure).
+  # The trainer module itself is not imported: it pulls in TensorFlow (through clu),
+  # which other tests check stays out of the test process.
   jam_config = make_tiny_config(jam=True)
   jam_config.train.init_from = base_workdir
   mesh = sharding.create_mesh(jam_config.mesh)
   tx = train_state_lib.create_optimizer(jam_config)
-  abstract, shardings = train_state_lib.abstract_state_and_shardings(jam_config, mesh, tx)
-  start = jax.device_get(trainer.initial_params(jam_config, abstract.params, shardings.params))
-  expected = retrofit.base_to_jam(ema, jax.device_get(tiny_jam.init_params))
+  abstract, _ = train_state_lib.abstract_state_and_shardings(jam_config, mesh, tx)
+  loaded = checkpoints.load_weights(jam_config.train.init_from, jam_config.train.init_from_weights)
+  start = retrofit.load_into(loaded, abstract.params, jam=True)
+  jax.tree.map(lambda a, s: np.testing.assert_equal(np.shape(a), s.shape), start, abstract.params)
+  expected = retrofit.base_to_jam(ema, tiny_jam.init_params)
   jax.tree.map(np.testing.assert_array_equal, start, expected)
   np.testing.assert_array_equal(start["motion_patch_embed"]["kernel"], 0)
   assert_same_video_output(tiny_base, tiny_jam, ema, start, model_inputs)
 
   # init_from_weights="params" picks the raw (non-EMA) weights.
   jam_config.train.init_from_weights = "params"
-  start_raw = jax.device_get(trainer.initial_params(jam_config, abstract.params, shardings.params))
+  loaded_raw = checkpoints.load_weights(jam_config.train.init_from, jam_config.train.init_from_weights)
+  start_raw = retrofit.load_into(loaded_raw, abstract.params, jam=True)
   np.testing.assert_array_equal(start_raw["video_head"]["kernel"], params["video_head"]["kernel"])
   np.testing.assert_array_equal(start_raw["motion_head"]["kernel"], params["video_head"]["kernel"])
+  # A JAM checkpoint is never loaded into a baseline run.
+  with pytest.raises(retrofit.RetrofitError, match="into a baseline"):
+    retrofit.load_into(start, tiny_base.init_params, jam=False)
 
 
 def test_init_from_a_missing_run_is_a_clear_error(tmp_path):

@@ -36,12 +36,11 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from videojam_jax import motion_metrics
+
 DEFAULT_ESTIMATOR = "dis"
-DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
+# One table of DIS speed presets for the whole project (the metrics use DIS too).
+DIS_PRESETS = motion_metrics.DIS_PRESETS
 DEFAULT_DIS_PRESET = "medium"
 
 # Farneback parameters: OpenCV's documented example values (tutorial / samples),

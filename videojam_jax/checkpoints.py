@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import grain
+import numpy as np
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -68,7 +69,7 @@ def load_weights(path: str, which: str = "ema") -> dict[str, Any]:
       raise FileNotFoundError(f"init_from={path!r}: {directory} holds no checkpoint")
     metadata = manager.item_metadata(step)[STATE]
     # Restore on host as numpy: the source run may have used another mesh.
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=__import__("numpy").ndarray),
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                 metadata.tree if hasattr(metadata, "tree") else metadata)
     state = manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.PyTreeRestore(restore_args=restore_args)}))[STATE]

@@ -38,7 +38,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if t.batch_size < 1 or t.num_steps < 1:
     problems.append("train.batch_size and train.num_steps must be positive")
   accum = config.optim.grad_accum_steps
-  if accum < 1 or t.batch_size % accum:
+  if accum < 1:
+    problems.append(f"optim.grad_accum_steps={accum} must be >= 1")
+  elif t.batch_size % accum:
     problems.append(f"train.batch_size={t.batch_size} is not divisible by optim.grad_accum_steps={accum}")
   for name in ("text_dropout", "motion_dropout"):
     if not 0.0 <= config.loss[name] < 1.0:

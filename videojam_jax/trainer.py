@@ -19,8 +19,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 
 from videojam_jax import checkpoints
 from videojam_jax import config_checks
@@ -116,6 +114,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
   spec = input_pipeline.batch_spec(config)
   step_fn = train_step_lib.make_train_step(config, mesh, tx, state_shardings, spec)
+  # clu's writers load TensorFlow (for TensorBoard): imported here, not at module
+  # import, so that config and flag errors come back in a second.
+  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
+
   sample_fn = None
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   if first_step == 0:

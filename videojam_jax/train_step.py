@@ -55,6 +55,12 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     else:
       # Micro-batches in a scan: one optimizer update per step, 1/accum the activations.
       micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+      # Each micro-batch laid out like a whole batch. Without this explicit layout
+      # the Shardy partitioner (JAX 0.10.2, CPU) computed wrong activations for
+      # float inputs with tensor parallelism (tests/test_sharding.py), and the
+      # micro-batches would not be spread over all batch shards.
+      micro = jax.tree.map(
+          lambda x: sharding.constrain(x, (None, "activation_batch") + (None,) * (x.ndim - 2)), micro)
 
       def body(carry, xs):
         grads_sum, metrics_sum = carry

@@ -87,7 +87,8 @@ def test_quickstart_trains_writes_outputs_and_resumes(tmp_path, common_args):
 
 def test_sigterm_then_restart_matches_uninterrupted_run(tmp_path, common_args):
   reference = tmp_path / "reference"
-  run_train(reference, common_args)
+  # Logging every 5th step also exercises the loop's non-logging steps.
+  run_train(reference, common_args, "--config.train.log_every=5")
 
   # Saving every step keeps the run going long after the signal is sent.
   interrupted = tmp_path / "interrupted"

@@ -123,8 +123,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   if first_step == 0:
     writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
                           if isinstance(v, (int, float, str, bool))})
-  # Reported only right after metrics are fetched: steps are dispatched
-  # asynchronously, so only synced points give true steps/s.
+  # Called every step (clu requires it) but after the metrics fetch below, so its
+  # timed points (multiples of log_every) fall right after a device sync: steps
+  # are dispatched asynchronously and only synced points give true steps/s.
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.train.log_every, every_secs=None)
   pending: list[dict[str, jax.Array]] = []
@@ -145,8 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
         means["train/learning_rate"] = float(
             train_state_lib.learning_rate_schedule(config.optim, num_steps)(step - 1))
         writer.write_scalars(step, means)
-        report(step)
         pending = []
+      report(step)
 
       preempted = manager.reached_preemption(step)
       final = step == num_steps

@@ -1,0 +1,109 @@
+r"""Cost of each guidance mode per sampling step, after compilation.
+
+  python -m benchmarks.guidance_cost [--config=configs/quickstart.py --batch=4 \
+      --num_steps=10 --repeats=5]
+
+Samples with a randomly initialised VideoJAM model of the config's size (the
+cost does not depend on the weights) and prints, per mode, the median over
+`repeats` runs of (seconds per sample call) / num_steps, the ratio to CFG, and
+the range over the runs (modes are timed round-robin):
+
+  none                   1 condition per step                 (u)
+  cfg                    2 conditions, one batched forward    (u, u(null text))
+  inner (batched)        3 conditions, one batched forward    (+ u(null motion))
+  inner (3 calls)        3 conditions, three forward calls    (sampler batched=False)
+
+A sample call includes drawing the noise and clipping, which is small next to
+num_steps forward passes. Compile time is printed separately.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from videojam_jax import model as model_lib
+from videojam_jax import sampler as sampler_lib
+from videojam_jax import sharding
+from videojam_jax import text_encoder
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model config file.")
+_BATCH = flags.DEFINE_integer("batch", 4, "Clips per sample call.")
+_NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Sampler steps per call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per mode (after one compile call).")
+
+# (label, guidance, batched)
+MODES = (("none", "none", True), ("cfg", "cfg", True),
+         ("inner (batched)", "inner", True), ("inner (3 calls)", "inner", False))
+REFERENCE = "cfg"
+
+
+def random_params(config) -> dict:
+  """Random weights for `config`'s model; the zero-initialised heads are perturbed too,
+  so the clips are not trivially zero (the cost does not depend on the values)."""
+  model = model_lib.build_model(config)
+  params = jax.jit(lambda rng: nn.unbox(model.init(rng, **model_lib.dummy_inputs(config))["params"]))(
+      jax.random.key(0))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(lambda a: a + 0.02 * rng.standard_normal(a.shape).astype(a.dtype), params)
+
+
+def compile_mode(config, mesh, params, ids, mask, guidance: str, batched: bool,
+                 num_steps: int) -> tuple:
+  """(sample function, seconds for its compile + first call)."""
+  settings = sampler_lib.SamplerSettings(num_steps=num_steps, guidance=guidance, batched=batched)
+  sample = sampler_lib.make_sampler(config, mesh, settings)
+  start = time.perf_counter()
+  jax.block_until_ready(sample(params, ids, mask, jax.random.key(0)))
+  return sample, time.perf_counter() - start
+
+
+def time_modes(samplers: dict, params, ids, mask, repeats: int) -> dict[str, list[float]]:
+  """Seconds per call of every sampler, round-robin: on a shared machine a load
+  change then hits every mode alike instead of whichever ran at the time."""
+  times: dict[str, list[float]] = {label: [] for label in samplers}
+  for i in range(repeats):
+    for label, sample in samplers.items():
+      start = time.perf_counter()
+      jax.block_until_ready(sample(params, ids, mask, jax.random.key(i + 1)))
+      times[label].append(time.perf_counter() - start)
+  return times
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  config.model.jam = True  # every mode, Inner-Guidance included, on the same model
+  mesh = sharding.create_mesh(config.mesh)
+  params = random_params(config)
+  captions = [f"a red circle moving right, clip {i}" for i in range(_BATCH.value)]
+  ids, mask = text_encoder.tokenize(captions, config.model.text.max_length)
+  d, m = config.data, config.model
+  print(f"model width {m.width} depth {m.depth}, clips {d.num_frames}x{d.height}x{d.width}, "
+        f"patch {tuple(m.patch_size)}, text {m.text.max_length} tokens; batch {_BATCH.value}, "
+        f"{_NUM_STEPS.value} steps x {_REPEATS.value} runs; {jax.device_count()} "
+        f"{jax.default_backend()} device(s)")
+  samplers, compile_seconds = {}, {}
+  for label, guidance, batched in MODES:
+    samplers[label], compile_seconds[label] = compile_mode(
+        config, mesh, params, ids, mask, guidance, batched, _NUM_STEPS.value)
+  times = time_modes(samplers, params, ids, mask, _REPEATS.value)
+  per_step = {label: statistics.median(t) / _NUM_STEPS.value for label, t in times.items()}
+  spread = {label: (min(t) / _NUM_STEPS.value, max(t) / _NUM_STEPS.value) for label, t in times.items()}
+  reference = per_step[REFERENCE]
+  print(f"{'mode':<18}{'s/step':>9}{'vs cfg':>8}{'min..max s/step':>19}{'compile+1st call s':>20}")
+  for label in samplers:
+    low, high = spread[label]
+    print(f"{label:<18}{per_step[label]:>9.4f}{per_step[label] / reference:>8.2f}"
+          f"{f'{low:.4f}..{high:.4f}':>19}{compile_seconds[label]:>20.1f}")
+
+if __name__ == "__main__":
+  app.run(main)

@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from videojam_jax import motion_encoding
 from videojam_jax import text_encoder
@@ -45,4 +46,7 @@ def generate(sample_fn, params: Any, config: ml_collections.ConfigDict, captions
              seed: int) -> tuple[np.ndarray, np.ndarray | None]:
   ids, mask = prompt_batch(config, captions)
   video, motion = sample_fn(params, ids, mask, jax.random.key(seed))
-  return np.asarray(jax.device_get(video)), None if motion is None else np.asarray(jax.device_get(motion))
+  # The clips are sharded over the batch axes, which span all processes on a
+  # multi-host slice: gather them (device_get only reaches this host's shards).
+  gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return gather(video), None if motion is None else gather(motion)

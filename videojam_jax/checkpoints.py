@@ -63,7 +63,10 @@ def load_weights(path: str, which: str = "ema") -> dict[str, Any]:
   directory = path if os.path.basename(os.path.normpath(path)) == "checkpoints" else checkpoint_dir(path)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from={path!r}: no checkpoints folder at {directory}")
-  with ocp.CheckpointManager(directory, item_names=(STATE, DATA_ITERATOR)) as manager:
+  # The state's handler is named so that item_metadata returns its tree (it is
+  # None for an unnamed handler, and then Orbax restores onto the devices the
+  # checkpoint was written from, which fails for another run's topology).
+  with ocp.CheckpointManager(directory, item_handlers={STATE: ocp.PyTreeCheckpointHandler()}) as manager:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"init_from={path!r}: {directory} holds no checkpoint")

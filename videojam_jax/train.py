@@ -26,7 +26,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if jax.process_count() == 1 and _is_multihost_env():
+  # Not jax.process_count() here: it starts the backend, after which
+  # jax.distributed.initialize() raises.
+  if _is_multihost_env() and not jax.distributed.is_initialized():
     jax.distributed.initialize()
   config = _CONFIG.value
   if config.get("compilation_cache_dir"):
@@ -61,8 +63,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _is_multihost_env() -> bool:
-  """True on a multi-host TPU slice or when a coordinator is given explicitly."""
-  return bool(os.environ.get("JAX_COORDINATOR_ADDRESS") or
+  """True on a multi-host TPU slice or when a coordinator is given explicitly.
+
+  The launch/ scripts set VIDEOJAM_DISTRIBUTED=1 on every host: a TPU VM's
+  environment does not say that it is one of several (JAX finds its peers
+  through the TPU metadata once asked to).
+  """
+  return bool(os.environ.get("VIDEOJAM_DISTRIBUTED") == "1" or
+              os.environ.get("JAX_COORDINATOR_ADDRESS") or
               int(os.environ.get("TPU_WORKER_COUNT", "1") or 1) > 1 or
               os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
 

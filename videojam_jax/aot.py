@@ -319,28 +319,33 @@ def format_report(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file to compile.", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x4, v4:2x2x1, v6e:4x4.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the report as JSON here.")
-_MFU = flags.DEFINE_float("assumed_mfu", 0.4, "MFU for the expected step time.")
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so that importing
+  this module beside another entry point defines no clashing --config flag)."""
+  config_flags.DEFINE_config_file("config", None, "Config file to compile.", lock_config=True)
+  flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x4, v4:2x2x1, v6e:4x4.")
+  flags.DEFINE_string("json_out", None, "Also write the report as JSON here.")
+  flags.DEFINE_float("assumed_mfu", 0.4, "MFU for the expected step time.")
+  flags.mark_flags_as_required(["config", "topology"])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  topology = parse_topology(_TOPOLOGY.value)
+  args = flags.FLAGS
+  topology = parse_topology(args.topology)
   configure_compile_only_host(topology)
   try:
-    report = build_report(_CONFIG.value, topology, _MFU.value)
+    report = build_report(args.config, topology, args.assumed_mfu)
   except sharding.MeshConfigError as e:   # the config cannot be laid out on this slice
     raise app.UsageError(str(e)) from e
   print(format_report(report), flush=True)
-  if _JSON_OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_JSON_OUT.value)), exist_ok=True)
-    with open(_JSON_OUT.value, "w") as f:
+  if args.json_out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as f:
       json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "topology"])
+  define_flags()
   app.run(main)

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+# Tests run on the CPU. With libtpu installed (for the AOT check), JAX would
+# otherwise probe for a TPU at start-up; subprocesses inherit this too.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pathlib
 import shutil
 import subprocess

@@ -94,6 +94,8 @@ def test_evaluate_writes_tables_plots_page_and_resumes(eval_models, tmp_path):
   assert result.returncode == 0, result.stderr[-5000:]
   assert "4 setting(s) sampled, 0 reused, 2 skipped" in result.stdout
   assert "skipping inner_w1-5_w2-1" in result.stderr and "needs a VideoJAM model" in result.stderr
+  # w1 and w2 are sampler inputs: both Inner-Guidance scales share one compiled sampler.
+  assert result.stderr.count("new sampler for") == 3, result.stderr[-5000:]
 
   # Tables: one row per (model, setting) that could run, every metric finite.
   with open(out / "metrics.csv") as f:

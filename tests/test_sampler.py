@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import CAPTIONS
 from tests.conftest import FAST_COMPILE
+from videojam_jax import model as model_lib
 from videojam_jax import sampler as sampler_lib
 from videojam_jax import sharding
 from videojam_jax import text_encoder
@@ -183,20 +184,22 @@ def test_inner_guidance_until_zero_is_text_guidance(tiny_jam, random_jam, model_
 
 @pytest.fixture(scope="module")
 def samplers(tiny_jam, random_jam):
-  """Full samplers (2 Euler steps) for Inner-Guidance with w2 = 0 and for CFG.
+  """Full samplers (2 Euler steps) for Inner-Guidance and for CFG.
 
   Each is make_sampler's own jitted program, compiled ahead of time with cheap
-  XLA backend options (a third of the compile time on 2 CPU cores).
+  XLA backend options (a third of the compile time on 2 CPU cores). w1 and w2
+  are inputs of the compiled programs.
   """
   config = tiny_jam.config
   mesh = sharding.create_mesh(config.mesh)
   ids, mask = _prompts(config)
   compiled = {}
-  for name, settings in [("inner_w2_0", Settings(num_steps=2, guidance="inner", motion_scale=0.0)),
+  for name, settings in [("inner", Settings(num_steps=2, guidance="inner")),
                          ("cfg", Settings(num_steps=2, guidance="cfg"))]:
     run = sampler_lib.make_sampler(config, mesh, settings)
     with sharding.mesh_context(mesh, sharding.get_rules(config.mesh.rules)):
-      lowered = run.jitted.lower(random_jam, ids, mask, jax.random.key(0))
+      lowered = run.jitted.lower(random_jam, ids, mask, jax.random.key(0), jnp.float32(5.0),
+                                 jnp.float32(3.0))
     compiled[name] = lowered.compile(compiler_options=FAST_COMPILE)
   return compiled
 
@@ -207,25 +210,94 @@ def _prompts(config):
 
 def test_full_sampler_inner_guidance_without_motion_term_is_cfg(tiny_jam, random_jam, samplers):
   ids, mask = _prompts(tiny_jam.config)
-  key = jax.random.key(3)
-  inner_x, inner_d = samplers["inner_w2_0"](random_jam, ids, mask, key)
-  cfg_x, cfg_d = samplers["cfg"](random_jam, ids, mask, key)
+  key, w1 = jax.random.key(3), jnp.float32(5.0)
+  inner_x, inner_d = samplers["inner"](random_jam, ids, mask, key, w1, jnp.float32(0.0))
+  cfg_x, cfg_d = samplers["cfg"](random_jam, ids, mask, key, w1, jnp.float32(3.0))
   assert inner_x.shape == inner_d.shape == (2, 4, 16, 16, 3)
   assert float(jnp.abs(inner_x).max()) <= 1.0          # clipped to the data range
   assert float(jnp.mean(jnp.abs(inner_x) < 1.0)) > 0.1  # ... but mostly not saturated: a real comparison
   np.testing.assert_allclose(inner_x, cfg_x, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(inner_d, cfg_d, rtol=1e-5, atol=1e-5)
+  # The same compiled program with w2 = 3: the scale is a live input, not baked in.
+  guided_x, _ = samplers["inner"](random_jam, ids, mask, key, w1, jnp.float32(3.0))
+  assert float(jnp.abs(guided_x - cfg_x).max()) > 1e-2
 
 
 def test_sampling_is_deterministic_given_the_seed(tiny_jam, random_jam, samplers):
   ids, mask = _prompts(tiny_jam.config)
-  sample = samplers["inner_w2_0"]
-  a = sample(random_jam, ids, mask, jax.random.key(0))
-  b = sample(random_jam, ids, mask, jax.random.key(0))
-  c = sample(random_jam, ids, mask, jax.random.key(1))
+  sample = lambda key: samplers["inner"](random_jam, ids, mask, key, jnp.float32(5.0),
+                                         jnp.float32(3.0))
+  a, b, c = sample(jax.random.key(0)), sample(jax.random.key(0)), sample(jax.random.key(1))
   for u, v, w in zip(a, b, c):
     np.testing.assert_array_equal(u, v)
     assert float(jnp.abs(u - w).mean()) > 1e-2
+
+
+LOOPS = ("while", "scan")   # fori_loop with static bounds lowers to scan
+
+
+def _primitives(jaxpr, inside_loop: bool = False) -> list[tuple[str, bool]]:
+  """(primitive name, whether it runs inside a loop) for every equation, recursively."""
+  found = []
+  for eqn in jaxpr.eqns:
+    found.append((eqn.primitive.name, inside_loop))
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      found += _primitives(sub, inside_loop or eqn.primitive.name in LOOPS)
+  return found
+
+
+def test_captions_are_encoded_once_outside_the_loop(tiny_jam, random_jam):
+  # The byte encoder's embedding lookup is the model's only gather.
+  config = tiny_jam.config
+  mesh = sharding.create_mesh(config.mesh)
+  ids, mask = _prompts(config)
+  run = sampler_lib.make_sampler(config, mesh, Settings(num_steps=3, guidance="inner"))
+  with sharding.mesh_context(mesh, sharding.get_rules(config.mesh.rules)):
+    jaxpr = jax.make_jaxpr(run.jitted)(random_jam, ids, mask, jax.random.key(0),
+                                       jnp.float32(5.0), jnp.float32(3.0)).jaxpr
+  found = _primitives(jaxpr)
+  assert any(name in LOOPS for name, _ in found)
+  assert [inside for name, inside in found if name == "gather"] == [False]
+  # ... and the encoded caption gives what the model computes from token ids.
+  x, d = (jax.random.normal(jax.random.key(i), (2, 4, 16, 16, 3)) for i in (1, 2))
+  t, keep = jnp.full((2,), 0.4), jnp.array([True, False])
+  encoded = model_lib.encode_text(config.model, random_jam, ids, mask)
+  from_ids = tiny_jam.apply(random_jam, x, d, t, ids, mask, keep)
+  from_encoded = tiny_jam.model.apply({"params": random_jam}, x, d, t, None, mask, keep,
+                                      encoded_text=encoded)
+  for a, b in zip(from_ids, from_encoded):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)   # jitted vs eager rounding
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_steps_after_inner_guidance_until_run_two_conditions(tiny_jam, random_jam, model_inputs,
+                                                             solver):
+  settings = Settings(guidance="inner", num_steps=4, inner_guidance_until=0.5, solver=solver)
+  assert sampler_lib.inner_guidance_steps(settings) == 2      # steps from t = 0 and t = 0.25
+  assert sampler_lib.inner_guidance_steps(dataclasses.replace(settings, inner_guidance_until=1.0)) == 4
+  assert sampler_lib.inner_guidance_steps(dataclasses.replace(settings, guidance="cfg")) == 0
+  x, d, text, mask = (model_inputs[k] for k in ("x_t", "d_t", "text", "text_mask"))
+  counter = CountingApply(field(lambda x, d, t: (x, d)))
+  jax.make_jaxpr(lambda: sampler_lib.sample_loop(counter, None, x, d, text, mask, settings, True))()
+  per_step = 2 if solver == "heun" else 1
+  assert [c["batch"] for c in counter.calls] == [6] * per_step + [4] * per_step
+  # The two loops give what one loop of three conditions (w2 = 0 from t = 0.5 on) gives.
+  times = np.asarray(sampler_lib.time_grid(4, 1.0))
+  velocity = lambda x, d, t: sampler_lib.guided_velocity(
+      tiny_jam.apply, random_jam, x, d, jnp.float32(t), text, mask, settings, True)
+  ref_x, ref_d = x, d
+  for t, t_next in zip(times[:-1], times[1:]):
+    u_x, u_d = velocity(ref_x, ref_d, t)
+    x_e, d_e = ref_x + (t_next - t) * u_x, ref_d + (t_next - t) * u_d
+    if solver == "heun":
+      v_x, v_d = velocity(x_e, d_e, t_next)
+      x_e, d_e = (ref_x + (t_next - t) * 0.5 * (u_x + v_x), ref_d + (t_next - t) * 0.5 * (u_d + v_d))
+    ref_x, ref_d = x_e, d_e
+  apply = lambda params, *args: tiny_jam.model.apply({"params": params}, *args)
+  out_x, out_d = jax.jit(lambda: sampler_lib.sample_loop(apply, random_jam, x, d, text, mask,
+                                                         settings, True))()
+  np.testing.assert_allclose(out_x, ref_x, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out_d, ref_d, rtol=1e-4, atol=1e-4)
 
 
 def test_inner_guidance_on_a_baseline_model_is_refused(tiny_base):
@@ -238,7 +310,8 @@ def test_inner_guidance_on_a_baseline_model_is_refused(tiny_base):
   # A baseline sampler returns no motion.
   sample = sampler_lib.make_sampler(tiny_base.config, mesh, Settings(guidance="cfg", num_steps=1))
   ids, mask = _prompts(tiny_base.config)
-  video, motion = jax.eval_shape(sample.jitted, tiny_base.init_params, ids, mask, jax.random.key(0))
+  video, motion = jax.eval_shape(sample.jitted, tiny_base.init_params, ids, mask, jax.random.key(0),
+                                 jnp.float32(5.0), jnp.float32(0.0))
   assert video.shape == (2, 4, 16, 16, 3) and motion is None
 
 

@@ -16,6 +16,7 @@ models are loaded only when one of their settings still has to be sampled.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -179,13 +180,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             "fps": _fps(config, info), "min_side": config.report.min_side}
 
   models = _Models(infos, config.weights)
+  samplers: dict[tuple[str, sampler_lib.SamplerSettings], sampler_lib.SampleFn] = {}
+
+  def sampler_for(job: sweep_lib.Job, model: model_loading.LoadedModel) -> sampler_lib.SampleFn:
+    """One compiled sampler per model and settings other than w1, w2 (its inputs)."""
+    unscaled = dataclasses.replace(job.settings, text_scale=0.0, motion_scale=0.0)
+    key = (job.model, unscaled)
+    if key not in samplers:
+      logging.info("new sampler for %s at %s (reused for other w1, w2)", job.model,
+                   sweep_lib.setting_name(job.settings))
+      samplers[key] = sampler_lib.make_sampler(model.info.config, model.mesh, unscaled)
+    return functools.partial(samplers[key], text_scale=job.settings.text_scale,
+                             motion_scale=job.settings.motion_scale)
 
   def generate(job: sweep_lib.Job, stage: str) -> dict[str, Any]:
     model = models.get(job.model)
     info = model.info
     sigma, fps = float(info.config.data.flow_sigma), _fps(config, info)
     start = time.time()
-    sample_fn = sampler_lib.make_sampler(info.config, model.mesh, job.settings)
+    sample_fn = sampler_for(job, model)
     batch = clip_batch_size(config, model.mesh, len(prompts))
     clips = sample_clips(sample_fn, model.params, info.config, prompts, seeds, batch)
     sampled = time.time()

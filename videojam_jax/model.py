@@ -143,13 +143,16 @@ class VideoDiT(nn.Module):
 
   @nn.compact
   def __call__(self, x_t: jnp.ndarray, d_t: jnp.ndarray | None, t: jnp.ndarray,
-               text: jnp.ndarray, text_mask: jnp.ndarray, text_keep: jnp.ndarray,
+               text: jnp.ndarray | None, text_mask: jnp.ndarray, text_keep: jnp.ndarray,
+               *, encoded_text: jnp.ndarray | None = None,
                ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Velocities for noisy video x_t and motion d_t [B,T,H,W,C] at time t [B].
 
     text: token ids [B, L] (builtin encoder) or embeddings [B, L, D] (precomputed);
     text_mask: [B, L] valid tokens; text_keep: [B] bool, False = null text (the
     caption is replaced by a learned null token, for classifier-free guidance).
+    encoded_text: instead of `text`, the caption tokens [B, L, width] from
+    `encode_text` (a sampler encodes each caption once, not at every step).
     """
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
@@ -175,7 +178,11 @@ class VideoDiT(nn.Module):
     # --- Conditioning: timestep -> adaLN vector; caption -> cross-attention tokens.
     c = layers.dense(width, ("embed", "mlp"), dtype=dtype, name="time_mlp_in")(timestep_embedding(t))
     c = layers.dense(width, ("mlp", "embed"), dtype=dtype, name="time_mlp_out")(nn.silu(c))
-    text_tokens = self._encode_text(text, text_mask, dtype)
+    if encoded_text is None:
+      encoder, projection = caption_modules(cfg, dtype)
+      text_tokens = projection(_encoder_output(cfg, encoder, text, text_mask, dtype))
+    else:
+      text_tokens = encoded_text.astype(dtype)
     null_text = self.param("null_text", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, "embed")), (1, width))
     keep = text_keep[:, None, None]
@@ -207,22 +214,54 @@ class VideoDiT(nn.Module):
     u_d = layers.dense(patch_dim, ("embed", "patch"), dtype=dtype, zero_init=True, name="motion_head")(x)
     return u_x, unpatchify(u_d.astype(jnp.float32), patch, shape)
 
-  def _encode_text(self, text: jnp.ndarray, text_mask: jnp.ndarray, dtype) -> jnp.ndarray:
-    cfg = self.config.text
-    if cfg.source == "builtin":
-      if text.ndim != 2:
-        raise ValueError(f"builtin text encoder expects token ids [B, L], got {text.shape}")
-      encoded = text_encoder.ByteTextEncoder(
-          cfg.max_length, cfg.width, cfg.depth, cfg.num_heads, dtype,
-          self.config.attention_impl, name="text_encoder")(text, text_mask)
-    elif cfg.source == "precomputed":
-      if text.ndim != 3 or text.shape[-1] != cfg.embedding_dim:
-        raise ValueError(f"precomputed text embeddings must be [B, L, {cfg.embedding_dim}], "
-                         f"got {text.shape}")
-      encoded = text.astype(dtype)
-    else:
-      raise ValueError(f"model.text.source must be 'builtin' or 'precomputed', got {cfg.source!r}")
-    return layers.dense(self.config.width, (None, "embed"), dtype=dtype, name="text_proj")(encoded)
+
+def caption_modules(model_config: ml_collections.ConfigDict, dtype: Any,
+                    ) -> tuple[nn.Module | None, nn.Module]:
+  """(text encoder or None for precomputed embeddings, projection to the DiT width).
+
+  Built inside VideoDiT's compact __call__ they are its submodules `text_encoder`
+  and `text_proj`; built anywhere else they are unbound and `encode_text` applies
+  them to those parameter subtrees.
+  """
+  cfg = model_config.text
+  if cfg.source not in ("builtin", "precomputed"):
+    raise ValueError(f"model.text.source must be 'builtin' or 'precomputed', got {cfg.source!r}")
+  encoder = None
+  if cfg.source == "builtin":
+    encoder = text_encoder.ByteTextEncoder(
+        cfg.max_length, cfg.width, cfg.depth, cfg.num_heads, dtype,
+        model_config.attention_impl, name="text_encoder")
+  projection = layers.dense(model_config.width, (None, "embed"), dtype=dtype, name="text_proj")
+  return encoder, projection
+
+
+def _encoder_output(model_config: ml_collections.ConfigDict, encoder: nn.Module | None,
+                    text: jnp.ndarray, text_mask: jnp.ndarray, dtype: Any) -> jnp.ndarray:
+  """Checks the caption input's shape and runs the encoder (or passes embeddings on)."""
+  cfg = model_config.text
+  if encoder is not None:
+    if text.ndim != 2:
+      raise ValueError(f"builtin text encoder expects token ids [B, L], got {text.shape}")
+    return encoder(text, text_mask)
+  if text.ndim != 3 or text.shape[-1] != cfg.embedding_dim:
+    raise ValueError(f"precomputed text embeddings must be [B, L, {cfg.embedding_dim}], "
+                     f"got {text.shape}")
+  return text.astype(dtype)
+
+
+def encode_text(model_config: ml_collections.ConfigDict, params: Any, text: jnp.ndarray,
+                text_mask: jnp.ndarray) -> jnp.ndarray:
+  """The caption tokens [B, L, width] the blocks attend to, as VideoDiT computes them.
+
+  Pass the result to VideoDiT as `encoded_text`: it does not depend on the noisy
+  clip or the time, so a sampler computes it once instead of at every step.
+  """
+  dtype = jnp.dtype(model_config.dtype)
+  encoder, projection = caption_modules(model_config, dtype)
+  if encoder is not None:
+    encoder = encoder.bind({"params": params["text_encoder"]})
+  encoded = _encoder_output(model_config, encoder, text, text_mask, dtype)
+  return projection.apply({"params": params["text_proj"]}, encoded)
 
 
 def video_channels(config: ml_collections.ConfigDict) -> int:

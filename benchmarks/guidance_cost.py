@@ -13,8 +13,13 @@ the range over the runs (modes are timed round-robin):
   inner (batched)        3 conditions, one batched forward    (+ u(null motion))
   inner (3 calls)        3 conditions, three forward calls    (sampler batched=False)
 
-A sample call includes drawing the noise and clipping, which is small next to
-num_steps forward passes. Compile time is printed separately.
+A sample call includes drawing the noise, encoding the captions once and
+clipping, which is small next to num_steps forward passes. Compile time is
+printed separately, and so is the achieved model TFLOP/s (analytic forward
+FLOPs, videojam_jax/flops.py, times conditions x batch per step).
+
+Other sizes and precisions through the config, e.g. on a GPU:
+  --config.model.dtype=bfloat16 --config.model.width=1024 --config.model.depth=8
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from videojam_jax import flops as flops_lib
 from videojam_jax import model as model_lib
 from videojam_jax import sampler as sampler_lib
 from videojam_jax import sharding
@@ -39,9 +45,9 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Clips per sample call.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 10, "Sampler steps per call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per mode (after one compile call).")
 
-# (label, guidance, batched)
-MODES = (("none", "none", True), ("cfg", "cfg", True),
-         ("inner (batched)", "inner", True), ("inner (3 calls)", "inner", False))
+# (label, guidance, batched, conditions per step)
+MODES = (("none", "none", True, 1), ("cfg", "cfg", True, 2),
+         ("inner (batched)", "inner", True, 3), ("inner (3 calls)", "inner", False, 3))
 REFERENCE = "cfg"
 
 
@@ -87,23 +93,28 @@ def main(argv) -> None:
   captions = [f"a red circle moving right, clip {i}" for i in range(_BATCH.value)]
   ids, mask = text_encoder.tokenize(captions, config.model.text.max_length)
   d, m = config.data, config.model
-  print(f"model width {m.width} depth {m.depth}, clips {d.num_frames}x{d.height}x{d.width}, "
+  print(f"model width {m.width} depth {m.depth} {m.dtype}, clips {d.num_frames}x{d.height}x{d.width}, "
         f"patch {tuple(m.patch_size)}, text {m.text.max_length} tokens; batch {_BATCH.value}, "
         f"{_NUM_STEPS.value} steps x {_REPEATS.value} runs; {jax.device_count()} "
         f"{jax.default_backend()} device(s)")
   samplers, compile_seconds = {}, {}
-  for label, guidance, batched in MODES:
+  for label, guidance, batched, _ in MODES:
     samplers[label], compile_seconds[label] = compile_mode(
         config, mesh, params, ids, mask, guidance, batched, _NUM_STEPS.value)
   times = time_modes(samplers, params, ids, mask, _REPEATS.value)
   per_step = {label: statistics.median(t) / _NUM_STEPS.value for label, t in times.items()}
   spread = {label: (min(t) / _NUM_STEPS.value, max(t) / _NUM_STEPS.value) for label, t in times.items()}
   reference = per_step[REFERENCE]
-  print(f"{'mode':<18}{'s/step':>9}{'vs cfg':>8}{'min..max s/step':>19}{'compile+1st call s':>20}")
-  for label in samplers:
+  forward = flops_lib.sampling_forward_flops(config) * _BATCH.value
+  print(f"{'mode':<18}{'s/step':>9}{'vs cfg':>8}{'min..max s/step':>19}{'TFLOP/s':>9}"
+        f"{'compile+1st call s':>20}")
+  for label, _, _, conditions in MODES:
     low, high = spread[label]
+    tflops = conditions * forward / per_step[label] / 1e12
     print(f"{label:<18}{per_step[label]:>9.4f}{per_step[label] / reference:>8.2f}"
-          f"{f'{low:.4f}..{high:.4f}':>19}{compile_seconds[label]:>20.1f}")
+          f"{f'{low:.4f}..{high:.4f}':>19}{tflops:>9.3g}{compile_seconds[label]:>20.1f}")
+  print(f"model forward: {forward / _BATCH.value:.4g} FLOPs per clip and condition")
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -38,6 +38,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from videojam_jax import input_pipeline
+from videojam_jax.flops import model_flops
 from videojam_jax import model as model_lib
 from videojam_jax import sharding
 from videojam_jax import train_state
@@ -194,50 +195,6 @@ def xla_flops(compiled: Any) -> float | None:
     cost = cost[0] if cost else {}
   flops = (cost or {}).get("flops")
   return None if flops is None else float(flops)
-
-
-def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Analytic training FLOPs (forward + backward = 3x forward), no rematerialisation.
-
-  Per video token: 6 N + 12 D w (S + L), where N counts the weights applied to
-  every video token (patch embeddings, per block self-attention q/k/v/o,
-  cross-attention q/o and the MLP, output heads), D blocks of width w, S video
-  tokens per clip and L caption tokens (the attention scores and the weighted
-  sum, self and cross). Work done once per clip (adaLN, cross-attention k/v of
-  the caption, the text encoder) is added per step.
-  """
-  m, d = config.model, config.data
-  w, depth, length = m.width, m.depth, m.text.max_length
-  patch = tuple(int(p) for p in m.patch_size)
-  channels = model_lib.video_channels(config)
-  streams = 2 if m.jam else 1            # VideoJAM: motion input rows and motion head
-  patch_dim = int(np.prod(patch)) * channels
-  tokens = (d.num_frames // patch[0]) * (d.height // patch[1]) * (d.width // patch[2])
-  mlp = int(w * m.mlp_ratio)
-  per_block = 4 * w * w + 2 * w * w + 2 * w * mlp
-  n_token = depth * per_block + 2 * streams * patch_dim * w
-  per_token = 6 * n_token + 12 * depth * w * (tokens + length)
-
-  # Once per clip: adaLN (6w^2 per block, 2w^2 final), timestep MLP, caption k/v
-  # in every block and the text encoder + projection over L caption tokens.
-  n_clip = depth * 6 * w * w + 2 * w * w + model_lib.TIMESTEP_FREQUENCIES * w + w * w
-  n_caption = depth * 2 * w * w
-  if m.text.source == "builtin":
-    tw, tdepth = m.text.width, m.text.depth
-    n_caption += tdepth * 12 * tw * tw + tw * w
-    caption_attention = 12 * tdepth * tw * length * length
-  else:
-    n_caption += m.text.embedding_dim * w
-    caption_attention = 0
-  per_clip = 6 * (n_clip + n_caption * length) + caption_attention
-  batch = config.train.batch_size
-  return {
-      "tokens_per_clip": tokens,
-      "tokens_per_step": tokens * batch,
-      "params_per_token": n_token,
-      "flops_per_token": per_token,
-      "flops_per_step": per_token * tokens * batch + per_clip * batch,
-  }
 
 
 def build_report(config: ml_collections.ConfigDict, topology: Topology,

@@ -211,3 +211,10 @@ def test_precomputed_text_embeddings(config, synthetic_data, tmp_path):
   config.data.text_embeddings = str(tmp_path / "missing.npz")
   with pytest.raises(FileNotFoundError, match="data.text_embeddings=.*missing.npz"):
     input_pipeline.create_dataset(config, "train")
+  # A mask with a hole (padding before a valid token) is refused when loaded.
+  masks[1, 3] = False
+  np.savez(path, captions=np.array(captions), embeddings=embeddings, masks=masks)
+  config.model.text.embedding_dim = 24
+  config.data.text_embeddings = path
+  with pytest.raises(ValueError, match=r"masks\[1\] is not a prefix"):
+    input_pipeline.create_dataset(config, "train")

@@ -103,6 +103,12 @@ class PrecomputedText:
     if self._embeddings.shape[1:] != (max_length, embedding_dim):
       raise ValueError(f"{path}: embeddings are {self._embeddings.shape[1:]}, config wants "
                        f"({max_length}, {embedding_dim})")
+    masks = self._masks.astype(bool)
+    prefix = np.arange(max_length)[None] < masks.sum(axis=1, keepdims=True)
+    if not np.array_equal(masks, prefix):
+      bad = int(np.argmax(np.any(masks != prefix, axis=1)))
+      raise ValueError(f"{path}: masks[{bad}] is not a prefix (valid tokens first, padding "
+                       "after), which the attention kernels assume")
     self._index = {str(c): i for i, c in enumerate(captions)}
 
   def __call__(self, caption: str) -> tuple[np.ndarray, np.ndarray]:

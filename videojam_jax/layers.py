@@ -69,9 +69,18 @@ class Attention(nn.Module):
 
     q, k, v = proj("query", x), proj("key", context), proj("value", context)
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-    mask = None if kv_mask is None else kv_mask[:, None, None, :]
     impl = None if self.attention_impl in (None, "auto") else self.attention_impl
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    if kv_mask is None:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+    elif impl == "cudnn":
+      # cuDNN takes padding as lengths, not a broadcast mask. Our caption masks
+      # are prefixes (tokens first, padding after), so the count is the length.
+      lengths = kv_mask.sum(axis=-1, dtype=jnp.int32)
+      out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                         implementation=impl)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :],
+                                         implementation=impl)
     return nn.DenseGeneral(
         width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(

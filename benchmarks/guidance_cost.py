@@ -37,8 +37,8 @@ from ml_collections import config_flags
 from videojam_jax import flops as flops_lib
 from videojam_jax import model as model_lib
 from videojam_jax import sampler as sampler_lib
+from videojam_jax import samples
 from videojam_jax import sharding
-from videojam_jax import text_encoder
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model config file.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Clips per sample call.")
@@ -91,10 +91,10 @@ def main(argv) -> None:
   mesh = sharding.create_mesh(config.mesh)
   params = random_params(config)
   captions = [f"a red circle moving right, clip {i}" for i in range(_BATCH.value)]
-  ids, mask = text_encoder.tokenize(captions, config.model.text.max_length)
+  ids, mask = samples.prompt_batch(config, captions)   # trimmed as evaluate and train sample them
   d, m = config.data, config.model
   print(f"model width {m.width} depth {m.depth} {m.dtype}, clips {d.num_frames}x{d.height}x{d.width}, "
-        f"patch {tuple(m.patch_size)}, text {m.text.max_length} tokens; batch {_BATCH.value}, "
+        f"patch {tuple(m.patch_size)}, text {ids.shape[1]} of {m.text.max_length} tokens; batch {_BATCH.value}, "
         f"{_NUM_STEPS.value} steps x {_REPEATS.value} runs; {jax.device_count()} "
         f"{jax.default_backend()} device(s)")
   samplers, compile_seconds = {}, {}
@@ -105,7 +105,7 @@ def main(argv) -> None:
   per_step = {label: statistics.median(t) / _NUM_STEPS.value for label, t in times.items()}
   spread = {label: (min(t) / _NUM_STEPS.value, max(t) / _NUM_STEPS.value) for label, t in times.items()}
   reference = per_step[REFERENCE]
-  forward = flops_lib.sampling_forward_flops(config) * _BATCH.value
+  forward = flops_lib.sampling_forward_flops(config, ids.shape[1]) * _BATCH.value
   print(f"{'mode':<18}{'s/step':>9}{'vs cfg':>8}{'min..max s/step':>19}{'TFLOP/s':>9}"
         f"{'compile+1st call s':>20}")
   for label, _, _, conditions in MODES:

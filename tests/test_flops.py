@@ -24,6 +24,8 @@ def test_sampling_forward_flops_formula():
   n_clip = depth * 6 * w * w + 2 * w * w + 256 * w + w * w
   expected = (2 * n + 4 * depth * w * (tokens + length)) * tokens + 2 * n_clip + 4 * depth * w * w * length
   assert flops_lib.sampling_forward_flops(config) == expected
+  shorter = flops_lib.sampling_forward_flops(config, caption_length=length // 2)
+  assert expected - shorter == (4 * depth * w * tokens + 4 * depth * w * w) * (length - length // 2)
   # Training is three forward passes over the token weights and attention.
   train = flops_lib.model_flops(config)
   assert train["flops_per_token"] * tokens == 3 * (2 * n + 4 * depth * w * (tokens + length)) * tokens

@@ -69,14 +69,17 @@ def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   }
 
 
-def sampling_forward_flops(config: ml_collections.ConfigDict) -> float:
+def sampling_forward_flops(config: ml_collections.ConfigDict,
+                           caption_length: int | None = None) -> float:
   """FLOPs of one forward pass for one clip and one guidance condition, as the
   sampler runs it: the caption is encoded once per sample (not counted), its
   k/v are projected in every block at every step (counted).
 
   2 per multiply-add over the token weights, 4 D w (S + L) per token for the
   attention scores and weighted sums, plus the per-clip adaLN and caption k/v.
+  L is `caption_length` (sampling trims padding) or text.max_length.
   """
   s = _shape(config)
-  per_token = 2 * s["n_token"] + 4 * s["depth"] * s["w"] * (s["tokens"] + s["length"])
-  return float(per_token * s["tokens"] + 2 * s["n_clip"] + 2 * s["n_caption_kv"] * s["length"])
+  length = s["length"] if caption_length is None else caption_length
+  per_token = 2 * s["n_token"] + 4 * s["depth"] * s["w"] * (s["tokens"] + length)
+  return float(per_token * s["tokens"] + 2 * s["n_clip"] + 2 * s["n_caption_kv"] * length)

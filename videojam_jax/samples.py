@@ -20,10 +20,23 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
   return motion_encoding.to_uint8((np.asarray(frames, np.float32) + 1.0) / 2.0)
 
 
+PROMPT_LENGTH_MULTIPLE = 16   # trimmed prompt lengths are rounded up to this (fewer compiles)
+
+
 def prompt_batch(config: ml_collections.ConfigDict, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Token ids and mask [B, L] for sampling, L trimmed to the longest caption.
+
+  Padding is masked out of every attention, so dropping padding columns changes
+  nothing but cost: cross-attention scales with L at every sampler step. L is
+  rounded up to a multiple of PROMPT_LENGTH_MULTIPLE, at most text.max_length.
+  """
   if config.model.text.source != "builtin":
-    raise ValueError("periodic samples from captions need the builtin text encoder")
-  return text_encoder.tokenize(captions, config.model.text.max_length)
+    raise ValueError("sampling from captions needs the builtin text encoder")
+  max_length = config.model.text.max_length
+  ids, mask = text_encoder.tokenize(captions, max_length)
+  longest = int(mask.sum(axis=1).max())
+  length = min(max_length, -(-longest // PROMPT_LENGTH_MULTIPLE) * PROMPT_LENGTH_MULTIPLE)
+  return ids[:, :length], mask[:, :length]
 
 
 def write_samples(out_dir: str, videos: np.ndarray, motions: np.ndarray | None,

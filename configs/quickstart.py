@@ -52,6 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"        # compute dtype; params stay float32
   config.model.remat_policy = "none"    # none | full | dots_saveable
   config.model.attention_impl = "xla"   # jax.nn.dot_product_attention implementation
+  # W_in_m, the motion input rows: "zeros" (the paper's retrofit init) | "xavier".
+  config.model.motion_input_init = "zeros"
   # Text conditioning: the built-in byte-level encoder, or precomputed embeddings.
   config.model.text = ml_collections.ConfigDict()
   config.model.text.source = "builtin"  # builtin | precomputed

@@ -12,9 +12,14 @@ from videojam_jax import sharding
 
 
 def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
-  from configs import quickstart
+  from configs import quickstart, quickstart_gpu
   config_checks.check_config(quickstart.get_config())
   config_checks.check_config(make_tiny_config())
+  gpu = quickstart_gpu.get_config()
+  config_checks.check_config(gpu)
+  # Same clips as the quickstart, so one build serves both.
+  assert gpu.data.to_dict() == quickstart.get_config().data.to_dict()
+  assert gpu.model.width >= 2 * 2 * 4 * 4 * 3   # a video and a motion patch per token
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -24,6 +29,7 @@ def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
     ("model.num_heads", 3, r"model.width=32 is not divisible by model.num_heads=3"),
     ("model.text.num_heads", 5, r"model.text.width=32 is not divisible by model.text.num_heads"),
     ("model.remat_policy", "some", r"model.remat_policy='some'; choose from"),
+    ("model.motion_input_init", "ones", r"model.motion_input_init='ones'; choose from"),
     ("model.dtype", "int8", r"model.dtype='int8'; choose float32, bfloat16 or float16"),
     ("model.text.source", "t5", r"model.text.source='t5'; choose 'builtin' or 'precomputed'"),
     ("data.channels", 16, r"data.channels=16: the input pipeline reads RGB clips"),

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_config
 from videojam_jax import model as model_lib
 from videojam_jax import text_encoder
 
@@ -138,3 +139,18 @@ def test_indivisible_patch_size_is_a_clear_error(make_tiny_config, field, size):
   model = model_lib.build_model(config)
   with pytest.raises(ValueError, match=rf"data.{field}={size} is not divisible by model.patch_size \(2, 4, 4\)"):
     jax.eval_shape(model.init, jax.random.key(0), **model_lib.dummy_inputs(config))
+
+
+def test_xavier_motion_input_init_reads_motion_from_the_start(model_inputs, perturb_params):
+  config = tiny_config()
+  config.model.motion_input_init = "xavier"
+  model = model_lib.build_model(config)
+  params = nn.unbox(model.init(jax.random.key(0), **model_lib.dummy_inputs(config))["params"])
+  kernel = np.asarray(params["motion_patch_embed"]["kernel"])
+  assert np.all(np.isfinite(kernel)) and float(np.abs(kernel).mean()) > 1e-2
+  # Only the motion rows are kept as initialised; the zero heads are perturbed.
+  params = perturb_params(params, seed=2, keep=("motion_patch_embed",))
+  apply = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+  u_x1, _ = apply(params, *_args(model_inputs))
+  u_x2, _ = apply(params, *_args(model_inputs, d_t=-model_inputs["d_t"]))
+  assert float(jnp.abs(u_x1 - u_x2).max()) > 1e-3

@@ -25,6 +25,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"model.text.width={m.text.width} is not divisible by model.text.num_heads")
   if m.remat_policy not in model_lib.REMAT_POLICIES:
     problems.append(f"model.remat_policy={m.remat_policy!r}; choose from {sorted(model_lib.REMAT_POLICIES)}")
+  if model_lib.motion_input_init(m) not in model_lib.MOTION_INPUT_INITS:
+    problems.append(f"model.motion_input_init={model_lib.motion_input_init(m)!r}; choose from "
+                    f"{model_lib.MOTION_INPUT_INITS}")
   if m.dtype not in ("float32", "bfloat16", "float16"):
     problems.append(f"model.dtype={m.dtype!r}; choose float32, bfloat16 or float16")
   if m.text.source not in ("builtin", "precomputed"):

@@ -4,8 +4,8 @@ Tokens: the clip [B, T, H, W, C] is cut into (pt, ph, pw) patches. With
 `jam=True` the model also reads the noisy motion video d_t and the input
 projection is W_in+ = [W_in ; W_in_m] applied to concat(patch(x_t), patch(d_t)),
 written here as `patch_embed(x) + motion_patch_embed(d)` with the motion kernel
-initialised to zero (so a retrofitted model computes exactly what its base
-computed). The output projection gains a motion head, W_out+ = [W_out, W_out_m],
+initialised to zero by default (so the JAM model computes exactly what its base
+computes; `model.motion_input_init`). The output projection gains a motion head, W_out+ = [W_out, W_out_m],
 and the model returns two velocities (u_x, u_d). With `jam=False` the same code
 is the pixel-only baseline. Nothing else differs (DESIGN.md §1).
 
@@ -169,7 +169,8 @@ class VideoDiT(nn.Module):
       if d_t is None:
         raise ValueError("a VideoJAM model (model.jam=True) needs the motion input d_t")
       tokens = tokens + layers.dense(
-          width, ("patch", "embed"), dtype=dtype, use_bias=False, zero_init=True,
+          width, ("patch", "embed"), dtype=dtype, use_bias=False,
+          zero_init=motion_input_init(cfg) == "zeros",
           name="motion_patch_embed")(patchify(d_t.astype(dtype), patch))
     tokens = tokens + jnp.asarray(video_position_embedding(grid, width), dtype)[None]
     tokens = sharding.constrain(
@@ -262,6 +263,17 @@ def encode_text(model_config: ml_collections.ConfigDict, params: Any, text: jnp.
     encoder = encoder.bind({"params": params["text_encoder"]})
   encoded = _encoder_output(model_config, encoder, text, text_mask, dtype)
   return projection.apply({"params": params["text_proj"]}, encoded)
+
+
+MOTION_INPUT_INITS = ("zeros", "xavier")
+
+
+def motion_input_init(model_config: ml_collections.ConfigDict) -> str:
+  """How W_in_m (the motion input rows) starts: 'zeros' (the paper's: the JAM model
+  computes what its base computes) or 'xavier' (from scratch: with the motion head
+  also at zero, zero rows make a saddle the motion stream leaves only slowly).
+  Run configs written before this option existed mean 'zeros'."""
+  return str(model_config.get("motion_input_init", "zeros"))
 
 
 def video_channels(config: ml_collections.ConfigDict) -> int:

@@ -30,6 +30,8 @@ def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
     ("model.text.num_heads", 5, r"model.text.width=32 is not divisible by model.text.num_heads"),
     ("model.remat_policy", "some", r"model.remat_policy='some'; choose from"),
     ("model.motion_input_init", "ones", r"model.motion_input_init='ones'; choose from"),
+    ("mesh.tensor", 4, r"model.num_heads=2 is not divisible by mesh.tensor=4"),
+    ("mesh.tensor", 3, r"model.width \* model.mlp_ratio=128 is not divisible by mesh.tensor=3"),
     ("model.dtype", "int8", r"model.dtype='int8'; choose float32, bfloat16 or float16"),
     ("model.text.source", "t5", r"model.text.source='t5'; choose 'builtin' or 'precomputed'"),
     ("data.channels", 16, r"data.channels=16: the input pipeline reads RGB clips"),

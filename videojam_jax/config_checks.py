@@ -21,6 +21,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"{name}={size} is not divisible by the patch size {p} (model.patch_size={tuple(m.patch_size)})")
   if m.width % m.num_heads:
     problems.append(f"model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+  tensor = int(config.mesh.get("tensor", 1))
+  if tensor > 1:
+    # Tensor parallelism splits attention heads and MLP units over the 'tensor' axis.
+    for name, size in (("model.num_heads", m.num_heads), ("model.width * model.mlp_ratio",
+                                                           int(m.width * m.mlp_ratio))):
+      if size % tensor:
+        problems.append(f"{name}={size} is not divisible by mesh.tensor={tensor}")
+    if m.text.source == "builtin" and m.text.num_heads % tensor:
+      problems.append(f"model.text.num_heads={m.text.num_heads} is not divisible by mesh.tensor={tensor}")
   if m.text.source == "builtin" and m.text.width % m.text.num_heads:
     problems.append(f"model.text.width={m.text.width} is not divisible by model.text.num_heads")
   if m.remat_policy not in model_lib.REMAT_POLICIES:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from videojam_jax import flow_matching
 from videojam_jax import model as model_lib
 from videojam_jax import motion_encoding
 from videojam_jax import motion_metrics
@@ -62,6 +63,8 @@ GRID_ROWS = 3           # clips per guidance setting in the PNG
 VAL_TIMES = (0.25, 0.5, 0.75)
 
 
+# The next two mirror input_pipeline.ToTrainingExample and samples.to_uint8: those
+# modules import grain and imageio-ffmpeg, which this script must run without.
 def to_model_space(u8: np.ndarray) -> np.ndarray:
   return u8.astype(np.float32) / 127.5 - 1.0
 
@@ -105,6 +108,7 @@ def train(config, clips) -> tuple[Any, list[tuple[int, float, float]], float]:
   state, shardings = train_state_lib.create_train_state(config, mesh, tx)
   batch, length = config.train.batch_size, config.model.text.max_length
   clip_shape = clips["train_video"].shape[1:]
+  # input_pipeline.batch_spec, written out: that module needs grain.
   spec = {"video": jax.ShapeDtypeStruct((batch,) + clip_shape, jnp.float32),
           "motion": jax.ShapeDtypeStruct((batch,) + clip_shape, jnp.float32),
           "text": jax.ShapeDtypeStruct((batch, length), jnp.int32),
@@ -132,9 +136,10 @@ def validation_losses(config, params, clips) -> dict[str, list[float | None]]:
   x0, d0 = (jax.random.normal(jax.random.key(i), x1.shape) for i in (1, 2))
   out = {}
   for t in VAL_TIMES:
-    u_x, u_d = model.apply({"params": params}, t * x1 + (1 - t) * x0,
-                           t * d1 + (1 - t) * d0 if jam else None, jnp.full((16,), t), ids, mask,
-                           jnp.ones((16,), bool))
+    times = jnp.full((16,), t)
+    u_x, u_d = model.apply({"params": params}, flow_matching.interpolate(x1, x0, times),
+                           flow_matching.interpolate(d1, d0, times) if jam else None, times, ids,
+                           mask, jnp.ones((16,), bool))
     out[f"t={t}"] = [round(float(jnp.mean((u_x - (x1 - x0)) ** 2)), 4),
                      round(float(jnp.mean((u_d - (d1 - d0)) ** 2)), 4) if jam else None]
   return out

@@ -16,7 +16,7 @@ the range over the runs (modes are timed round-robin):
 A sample call includes drawing the noise, encoding the captions once and
 clipping, which is small next to num_steps forward passes. Compile time is
 printed separately, and so is the achieved model TFLOP/s (analytic forward
-FLOPs, videojam_jax/flops.py, times conditions x batch per step).
+FLOPs, videojam_jax/model/flops.py, times conditions x batch per step).
 
 Other sizes and precisions through the config, e.g. on a GPU:
   --config.model.dtype=bfloat16 --config.model.width=1024 --config.model.depth=8
@@ -34,11 +34,11 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from videojam_jax import flops as flops_lib
-from videojam_jax import model as model_lib
-from videojam_jax import sampler as sampler_lib
-from videojam_jax import samples
-from videojam_jax import sharding
+from videojam_jax.model import flops as flops_lib
+from videojam_jax.model import dit as model_lib
+from videojam_jax.sampling import sampler as sampler_lib
+from videojam_jax.sampling import samples
+from videojam_jax.parallel import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model config file.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Clips per sample call.")

@@ -32,15 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from videojam_jax import flow_matching
-from videojam_jax import model as model_lib
-from videojam_jax import motion_encoding
-from videojam_jax import motion_metrics
-from videojam_jax import sampler as sampler_lib
-from videojam_jax import sharding
-from videojam_jax import text_encoder
-from videojam_jax import train_state as train_state_lib
-from videojam_jax import train_step as train_step_lib
+from videojam_jax.training import flow_matching
+from videojam_jax.model import dit as model_lib
+from videojam_jax.data import motion_encoding
+from videojam_jax.evaluation import motion_metrics
+from videojam_jax.sampling import sampler as sampler_lib
+from videojam_jax.parallel import sharding
+from videojam_jax.model import text_encoder
+from videojam_jax.training import state as train_state_lib
+from videojam_jax.training import step as train_step_lib
 
 _EXPORT = flags.DEFINE_string("export", "", "Write the quickstart clips to this .npz and exit.")
 _CLIPS = flags.DEFINE_string("clips", "", "The .npz written by --export.")
@@ -76,7 +76,7 @@ def to_uint8(x: Any) -> np.ndarray:
 def export_clips(path: str) -> None:
   """The quickstart dataset's clips (uint8) and captions, both splits, as one .npz."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
-  from videojam_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (needs TFDS)
+  from videojam_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top  (needs TFDS)
   config = quickstart.get_config()
   arrays = {}
   for split in ("train", "validation"):

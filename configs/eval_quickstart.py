@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.time_shift = ()
   config.sweep.inner_guidance_until = ()
 
-  # --- Metrics (videojam_jax/motion_metrics.py) and the page.
+  # --- Metrics (videojam_jax/evaluation/motion_metrics.py) and the page.
   config.metrics = ml_collections.ConfigDict()
   config.metrics.dis_preset = "medium"   # OpenCV DIS flow preset: ultrafast | fast | medium
   config.metrics.fps = 0.0               # frame rate for dynamic_degree and videos; 0 = the model's sample.fps

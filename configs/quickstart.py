@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   # "" turns it off.
   config.compilation_cache_dir = "~/.cache/videojam_jax/xla"
 
-  # --- Data: clips as built by data_pipelines/ (see videojam_jax/clip_records.py).
+  # --- Data: clips as built by data_pipelines/ (see videojam_jax/data/clip_records.py).
   config.data = ml_collections.ConfigDict()
   # A directory holding one clip dataset (the version folder with dataset_info.json,
   # or any folder above it that holds exactly one).

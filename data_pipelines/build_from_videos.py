@@ -4,7 +4,7 @@
       --output_dir DIR --num_frames 8 --height 32 --width 32 --fps 8 --stride 8 \
       --estimator dis --preset medium --sigma 0.15 --workers 2
 
-Writes a TFDS dataset in the shared clip format (videojam_jax/clip_records.py) at
+Writes a TFDS dataset in the shared clip format (videojam_jax/data/clip_records.py) at
 
   <output_dir>/video_clips/<config name>/1.0.0/
 
@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import flow_estimators
 from data_pipelines import video_dataset
 from data_pipelines import video_files
-from videojam_jax import motion_encoding
+from videojam_jax.data import motion_encoding
 
 REPORT_NAME = "build_report.json"
 WORK_DIR_NAME = "video_clips_work"

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from videojam_jax import motion_metrics
+from videojam_jax.evaluation import motion_metrics
 
 DEFAULT_ESTIMATOR = "dis"
 # One table of DIS speed presets for the whole project (the metrics use DIS too).

@@ -27,9 +27,9 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from videojam_jax import input_pipeline
-from videojam_jax import motion_encoding
-from videojam_jax import video_io
+from videojam_jax.data import pipeline as input_pipeline
+from videojam_jax.data import motion_encoding
+from videojam_jax.data import video_io
 
 CAPTION_CHARS_IN_NAME = 60   # longer captions are cut in file names (sidecar has all)
 PANEL_GAP = 2                # white pixels between panels (before upscaling)

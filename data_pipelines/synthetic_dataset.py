@@ -1,6 +1,6 @@
 """TFDS builder `synthetic_physics`: rendered physics clips with exact flow.
 
-Writes ArrayRecord shards in the shared clip format (videojam_jax/clip_records.py):
+Writes ArrayRecord shards in the shared clip format (videojam_jax/data/clip_records.py):
 video, motion (the flow encoded as RGB), flow, caption, clip_id. Each builder
 config is one fixed set of sizes; its name spells them all out, so datasets of
 different sizes can live side by side in one TFDS data_dir:
@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import synthetic_physics
-from videojam_jax import clip_records
-from videojam_jax import motion_encoding
+from videojam_jax.data import clip_records
+from videojam_jax.data import motion_encoding
 
 SOURCE = "synthetic_physics"
 FLOW_ESTIMATOR = "exact"

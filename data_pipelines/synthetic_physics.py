@@ -34,7 +34,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from videojam_jax import motion_encoding
+from videojam_jax.data import motion_encoding
 
 # --- Defaults and ranges. Lengths are fractions of min(H, W), times are in frames.
 DEFAULT_MAX_OBJECTS = 3

@@ -14,7 +14,7 @@ Two stages, so that the expensive one is resumable and parallel:
 2. Write (`VideoClips`, a TFDS GeneratorBasedBuilder). Reads the cache, encodes
    the motion video from the flow (so flow_sigma can change without recomputing
    flow) and writes ArrayRecord shards in the shared clip format
-   (videojam_jax/clip_records.py), split into train / validation by file (clips of
+   (videojam_jax/data/clip_records.py), split into train / validation by file (clips of
    one video never straddle splits).
 
 Captions: one per video, from a JSONL file ({"video": path, "caption": text} per
@@ -54,8 +54,8 @@ import tensorflow_datasets as tfds
 
 from data_pipelines import flow_estimators
 from data_pipelines import video_files
-from videojam_jax import clip_records
-from videojam_jax import motion_encoding
+from videojam_jax.data import clip_records
+from videojam_jax.data import motion_encoding
 
 SOURCE = "video_files"
 FILE_FORMAT = "array_record"

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from videojam_jax import model as model_lib
-from videojam_jax import text_encoder
+from videojam_jax.model import dit as model_lib
+from videojam_jax.model import text_encoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_TRAIN_CLIPS, TINY_EVAL_CLIPS = 16, 4

@@ -36,12 +36,12 @@ import ml_collections
 import numpy as np
 
 from configs import tiny
-from videojam_jax import flow_matching
-from videojam_jax import input_pipeline
-from videojam_jax import model as model_lib
-from videojam_jax import sharding
-from videojam_jax import train_state
-from videojam_jax import train_step
+from videojam_jax.training import flow_matching
+from videojam_jax.data import pipeline as input_pipeline
+from videojam_jax.model import dit as model_lib
+from videojam_jax.parallel import sharding
+from videojam_jax.training import state as train_state
+from videojam_jax.training import step as train_step
 
 MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "fsdp2_tensor2": (2, 2, 2)}
 

@@ -54,10 +54,10 @@ import numpy as np
 from absl import logging
 
 from configs import tiny
-from videojam_jax import input_pipeline
-from videojam_jax import sharding
-from videojam_jax import train_state
-from videojam_jax import train_step
+from videojam_jax.data import pipeline as input_pipeline
+from videojam_jax.parallel import sharding
+from videojam_jax.training import state as train_state
+from videojam_jax.training import step as train_step
 
 NUM_STEPS = 3
 
@@ -89,7 +89,7 @@ def flatten(params: Any) -> dict[str, np.ndarray]:
 
 def train(args: argparse.Namespace) -> None:
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from videojam_jax import trainer  # pylint: disable=g-import-not-at-top
+  from videojam_jax.training import loop as trainer  # pylint: disable=g-import-not-at-top
   jax.distributed.initialize(coordinator_address=args.coordinator,
                              num_processes=args.num_processes, process_id=args.process_id)
   config = worker_config(args.dataset_dir)

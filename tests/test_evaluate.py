@@ -30,7 +30,7 @@ ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": XLA_FLAGS, "PYTHONPATH": str(REPO)}
 TRAIN_SCRIPT = """
 import sys
 from tests.conftest import tiny_config
-from videojam_jax import trainer
+from videojam_jax.training import loop as trainer
 
 root, name = sys.argv[1:]
 config = tiny_config(root + "/data", jam=name == "videojam")
@@ -135,7 +135,7 @@ def test_evaluate_writes_tables_plots_page_and_resumes(eval_models, tmp_path):
   assert len(clips) == 14 and all(os.path.getsize(p) > 0 for p in clips)
 
   # Restarted: every setting is finished, so nothing is sampled or rewritten.
-  from videojam_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from videojam_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
   before = {p: t for p, t in _mtimes(out / "runs").items()}
   config = eval_quickstart.get_config()
   config.update_from_flattened_dict(eval_overrides(eval_models))
@@ -150,7 +150,7 @@ def test_sample_clips_batches_pads_and_pairs_noise():
   """Prompts go in fixed-size batches (last one padded); noise depends on (seed, batch) only."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from videojam_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from videojam_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
 
   calls = []
 

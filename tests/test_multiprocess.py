@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from videojam_jax import checkpoints
+from videojam_jax.training import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")

@@ -15,7 +15,7 @@ import pytest
 
 from configs import tiny
 from data_pipelines import build_synthetic
-from videojam_jax import checkpoints
+from videojam_jax.training import checkpoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"\[(\d+)\] train/.*train/loss=")

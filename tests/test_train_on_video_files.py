@@ -9,9 +9,9 @@ import numpy as np
 
 from configs import tiny
 from data_pipelines import build_from_videos
-from tests.test_video_files import BIKES, CARPHONE
-from videojam_jax import checkpoints
-from videojam_jax import trainer
+from tests.data_pipelines.test_video_files import BIKES, CARPHONE
+from videojam_jax.training import checkpoints
+from videojam_jax.training import loop as trainer
 
 
 def test_quickstart_trainer_trains_on_shards_built_from_real_videos(tmp_path):

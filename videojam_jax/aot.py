@@ -37,12 +37,12 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from videojam_jax import input_pipeline
-from videojam_jax.flops import model_flops
-from videojam_jax import model as model_lib
-from videojam_jax import sharding
-from videojam_jax import train_state
-from videojam_jax import train_step
+from videojam_jax.data import pipeline as input_pipeline
+from videojam_jax.model.flops import model_flops
+from videojam_jax.model import dit as model_lib
+from videojam_jax.parallel import sharding
+from videojam_jax.training import state as train_state
+from videojam_jax.training import step as train_step
 
 GIB = 1024 ** 3
 GOOGLE_PCI_VENDOR = "0x1ae0"   # TPU chips show up as PCI devices of this vendor

@@ -4,7 +4,7 @@ r"""Offline evaluation and sampler sweeps of trained models.
       [--config.models.baseline=workdirs/base --config.sweep.motion_scale='(1.0,3.0)' ...]
 
 Writes clips, metrics.csv/json, plots and index.html into DIR (see
-videojam_jax/evaluation.py). Running again with the same DIR skips the
+videojam_jax/evaluation/runner.py). Running again with the same DIR skips the
 (model, setting) pairs that are already finished.
 """
 
@@ -16,7 +16,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from videojam_jax import evaluation
+from videojam_jax.evaluation import runner as evaluation
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Evaluation config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where clips, tables, plots and the page go.")

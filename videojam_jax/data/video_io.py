@@ -1,0 +1,110 @@
+"""Writing clips for people to look at: browser-playable MP4 and GIF.
+
+Generated clips are tiny (e.g. 32 x 32), so they are upscaled by an integer
+factor with nearest-neighbour (crisp pixels, no invented detail) before
+encoding. MP4s are H.264 in yuv420p, the one pixel format every browser
+decodes, with the index at the front (`+faststart`) so playback starts at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+
+from videojam_jax.data import motion_encoding
+
+DEFAULT_MIN_SIDE = 128   # upscale until the shorter side is at least this many pixels
+H264_CRF = 17            # x264 constant rate factor: visually lossless, still 4:2:0
+_MS_PER_SECOND = 1000.0
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+  frames = np.asarray(frames)
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
+    raise ValueError(f"frames must be uint8 [T>=1, H, W, 3], got {frames.dtype} {frames.shape}")
+  return frames
+
+
+def upscale(frames: np.ndarray, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
+  """Nearest-neighbour upscale of uint8 [T, H, W, 3] by the smallest integer
+  factor that makes min(H, W) >= min_side (factor 1 if already large enough)."""
+  frames = _check_frames(frames)
+  factor = max(1, math.ceil(min_side / min(frames.shape[1:3])))
+  return np.repeat(np.repeat(frames, factor, axis=1), factor, axis=2)
+
+
+def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+  """yuv420p needs even width and height; repeat the last row/column if odd."""
+  pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+  return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
+                min_side: int = DEFAULT_MIN_SIDE) -> str:
+  """Writes uint8 [T, H, W, 3] RGB frames to `path` (.mp4 or .gif); returns the path.
+
+  Frames are first upscaled with `upscale(frames, min_side)`. MP4: H.264 via
+  imageio-ffmpeg, `-pix_fmt yuv420p`, CRF 17. GIF: Pillow via imageio, looping
+  forever, 256-colour palette per frame (so colours are approximate).
+  """
+  path = os.fspath(path)
+  frames = upscale(frames, min_side)
+  extension = os.path.splitext(path)[1].lower()
+  if extension == ".mp4":
+    frames = _pad_to_even(frames)
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+        pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
+        output_params=["-crf", str(H264_CRF), "-movflags", "+faststart"])
+    writer.send(None)  # starts ffmpeg
+    for frame in frames:
+      writer.send(np.ascontiguousarray(frame))
+    writer.close()
+  elif extension == ".gif":
+    iio.imwrite(path, frames, extension=".gif", plugin="pillow",
+                duration=_MS_PER_SECOND / fps, loop=0)
+  else:
+    raise ValueError(f"unsupported video extension {extension!r} (use .mp4 or .gif)")
+  return path
+
+
+def motion_panel(motion_rgb: np.ndarray, sigma: float = motion_encoding.DEFAULT_SIGMA,
+                 max_magnitude: float | None = None) -> np.ndarray:
+  """Renders an encoded motion video uint8 [T, H, W, 3] for people -> uint8 [T, H, W, 3].
+
+  Decodes it to flow (`motion_encoding.motion_video_to_flows`, T-1 flows; the
+  first is repeated to keep T frames, as the encoding does) and draws it with
+  the Middlebury colour wheel. The scale is fixed (default: the encoding's
+  largest magnitude, sigma * sqrt(H^2 + W^2)) so panels of different clips use
+  the same colours for the same motion.
+  """
+  motion_rgb = _check_frames(motion_rgb)
+  if motion_rgb.shape[0] < 2:
+    raise ValueError("a motion video needs at least 2 frames")
+  height, width = motion_rgb.shape[1:3]
+  if max_magnitude is None:
+    max_magnitude = sigma * float(np.hypot(height, width))
+  flows = motion_encoding.motion_video_to_flows(motion_rgb, sigma)
+  flows = np.concatenate([flows[:1], flows], axis=0)
+  return motion_encoding.flow_to_colour_wheel(flows, max_magnitude=max_magnitude)
+
+
+def side_by_side(video: np.ndarray, motion_rgb: np.ndarray,
+                 sigma: float = motion_encoding.DEFAULT_SIGMA, gap: int = 2) -> np.ndarray:
+  """A "video | motion" panel: uint8 [T, H, 2W + gap, 3].
+
+  `motion_rgb` is an encoded motion video (what the model outputs beside the
+  frames); it is shown as its decoded flow on the colour wheel (`motion_panel`),
+  separated from the frames by a white `gap` pixels wide.
+  """
+  video = _check_frames(video)
+  motion_rgb = _check_frames(motion_rgb)
+  if motion_rgb.shape != video.shape:
+    raise ValueError(f"motion {motion_rgb.shape} must match video {video.shape}")
+  separator = np.full(video.shape[:2] + (gap, 3), 255, np.uint8)
+  return np.concatenate([video, separator, motion_panel(motion_rgb, sigma)], axis=2)

@@ -1,0 +1,66 @@
+"""Early, clear errors for configs that cannot work (before anything is compiled)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from videojam_jax.model import dit as model_lib
+
+
+class ConfigError(ValueError):
+  """The config asks for something impossible."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the offending field(s)."""
+  m, d, t = config.model, config.data, config.train
+  problems = []
+  dims = {"data.num_frames": d.num_frames, "data.height": d.height, "data.width": d.width}
+  for (name, size), p in zip(dims.items(), m.patch_size):
+    if size % p:
+      problems.append(f"{name}={size} is not divisible by the patch size {p} (model.patch_size={tuple(m.patch_size)})")
+  if m.width % m.num_heads:
+    problems.append(f"model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+  tensor = int(config.mesh.get("tensor", 1))
+  if tensor > 1:
+    # Tensor parallelism splits attention heads and MLP units over the 'tensor' axis.
+    for name, size in (("model.num_heads", m.num_heads), ("model.width * model.mlp_ratio",
+                                                           int(m.width * m.mlp_ratio))):
+      if size % tensor:
+        problems.append(f"{name}={size} is not divisible by mesh.tensor={tensor}")
+    if m.text.source == "builtin" and m.text.num_heads % tensor:
+      problems.append(f"model.text.num_heads={m.text.num_heads} is not divisible by mesh.tensor={tensor}")
+  if m.text.source == "builtin" and m.text.width % m.text.num_heads:
+    problems.append(f"model.text.width={m.text.width} is not divisible by model.text.num_heads")
+  if m.remat_policy not in model_lib.REMAT_POLICIES:
+    problems.append(f"model.remat_policy={m.remat_policy!r}; choose from {sorted(model_lib.REMAT_POLICIES)}")
+  if model_lib.motion_input_init(m) not in model_lib.MOTION_INPUT_INITS:
+    problems.append(f"model.motion_input_init={model_lib.motion_input_init(m)!r}; choose from "
+                    f"{model_lib.MOTION_INPUT_INITS}")
+  if m.dtype not in ("float32", "bfloat16", "float16"):
+    problems.append(f"model.dtype={m.dtype!r}; choose float32, bfloat16 or float16")
+  if m.text.source not in ("builtin", "precomputed"):
+    problems.append(f"model.text.source={m.text.source!r}; choose 'builtin' or 'precomputed'")
+  if int(d.get("channels", 3)) != 3:
+    problems.append(f"data.channels={d.channels}: the input pipeline reads RGB clips (3 channels); "
+                    "latent inputs need a video autoencoder, which this repo does not have yet "
+                    "(latent-space configs are for ahead-of-time compiles: videojam_jax.aot)")
+  if d.num_frames < 2:
+    problems.append("data.num_frames must be >= 2 (motion needs two frames)")
+  if t.batch_size < 1 or t.num_steps < 1:
+    problems.append("train.batch_size and train.num_steps must be positive")
+  accum = config.optim.grad_accum_steps
+  if accum < 1:
+    problems.append(f"optim.grad_accum_steps={accum} must be >= 1")
+  elif t.batch_size % accum:
+    problems.append(f"train.batch_size={t.batch_size} is not divisible by optim.grad_accum_steps={accum}")
+  for name in ("text_dropout", "motion_dropout"):
+    if not 0.0 <= config.loss[name] < 1.0:
+      problems.append(f"loss.{name}={config.loss[name]} must be in [0, 1)")
+  if not 0.0 <= config.optim.ema_decay < 1.0:
+    problems.append(f"optim.ema_decay={config.optim.ema_decay} must be in [0, 1)")
+  for name in ("log_every", "checkpoint_every", "sample_every"):
+    if t[name] < 1:
+      problems.append(f"train.{name} must be >= 1")
+  if problems:
+    raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

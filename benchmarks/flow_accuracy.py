@@ -27,8 +27,8 @@ from absl import flags
 import cv2
 import numpy as np
 
-from data_pipelines import flow_estimators
 from data_pipelines import synthetic_physics
+from videojam_jax.data import flow_estimators
 
 MOVING_PX = 0.5   # exact flow at least this long (px) counts as moving
 WARMUP_PAIRS = 2  # untimed estimates first: OpenCV allocates per size on first use

@@ -31,8 +31,8 @@ from absl import flags
 import cv2
 
 from data_pipelines import build_from_videos
-from data_pipelines import flow_estimators
 from data_pipelines import video_files
+from videojam_jax.data import flow_estimators
 from videojam_jax.data import motion_encoding
 
 CLIPS = ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")

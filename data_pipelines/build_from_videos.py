@@ -13,7 +13,18 @@ why, clip counts, timing). The flow cache lives in <output_dir>/video_clips_work
 (or --work_dir): rerunning after an interruption, or after adding videos, only
 processes what is new; rerunning with nothing new rewrites nothing. Files that
 cannot give clips are skipped and reported, never fatal; videos without a caption
-are skipped too (see data_pipelines/video_dataset.py for why).
+are skipped too (see data_pipelines/captions.py for why).
+
+Two stages, so that the expensive one is resumable and parallel:
+  1. flow_workers.py: a process pool decodes each file, cuts clips and estimates
+     their flow into the cache (clip_cache.py), a file at a time.
+  2. video_clips_builder.py: the TFDS builder encodes the motion videos from the
+     cached flow and writes the shards, split by file (splits.py).
+
+--output_dir must be local: ArrayRecord's writer (which TFDS uses for the shards)
+writes local files only. Copy the finished dataset folder to a bucket
+(`gcloud storage cp -r`) and point the trainer at the gs:// copy: reading needs no
+gcsfuse.
 
 Point the trainer at it with --config.data.dataset_dir=<output_dir>/video_clips/<config name>
 and the same num_frames / height / width / flow_sigma.
@@ -24,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -32,17 +42,29 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
 import tensorflow_datasets as tfds
 
-from data_pipelines import flow_estimators
-from data_pipelines import video_dataset
+from data_pipelines import captions as captions_lib
+from data_pipelines import clip_cache
+from data_pipelines import flow_workers
+from data_pipelines import splits as splits_lib
+from data_pipelines import video_clips_builder
 from data_pipelines import video_files
+from videojam_jax import files
+from videojam_jax.data import flow_estimators
 from videojam_jax.data import motion_encoding
 
 REPORT_NAME = "build_report.json"
 WORK_DIR_NAME = "video_clips_work"
 DEFAULT_VALIDATION_FRACTION = 0.05
 SUMMARY_MAX_FILES = 20  # skipped files listed in the printed summary (the JSON has all)
+REPORT_INDENT = 2
+
+
+class NoClipsError(RuntimeError):
+  """No file gave a clip; nothing to write."""
+
 
 @dataclasses.dataclass
 class BuildReport:
@@ -96,7 +118,13 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   Raises FlowEstimatorError for a bad estimator, CaptionsError for a malformed
   captions file, and NoClipsError (after saving the report) if no file gave a clip.
   Bad video files never raise: they are skipped and listed in the report.
+  `output_dir` must be local (ValueError otherwise): ArrayRecord writes local files only.
   """
+  if not files.is_local(output_dir):
+    raise ValueError(
+        f"output_dir={output_dir!r} is a cloud path, but ArrayRecord (the shard format) writes "
+        "local files only: build into a local folder, then copy it to the bucket "
+        "(gcloud storage cp -r); the trainer reads gs:// datasets directly")
   start = time.perf_counter()
   clip_spec = video_files.ClipSpec(num_frames=num_frames, height=height, width=width,
                                    fps=fps, stride=stride, max_clips=max_clips_per_video)
@@ -107,21 +135,21 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
     options["preset"] = preset
   if estimator_weights:
     options["weights_path"] = estimator_weights
-  flow_spec = video_dataset.FlowSpec(estimator, tuple(sorted(options.items())),
-                                     tuple(estimator_modules))
+  flow_spec = flow_workers.FlowSpec(estimator, tuple(sorted(options.items())),
+                                    tuple(estimator_modules))
   estimator_name = flow_spec.create().name  # fail fast, before any worker starts
-  config = video_dataset.make_builder_config(
+  config = video_clips_builder.make_builder_config(
       clip_spec=clip_spec, flow_estimator=estimator_name, flow_sigma=sigma)
-  config_dir = os.path.join(output_dir, video_dataset.VideoClips.name, config.name)
-  version_dir = os.path.join(config_dir, str(video_dataset.VideoClips.VERSION))
+  config_dir = epath.Path(output_dir) / video_clips_builder.VideoClips.name / config.name
+  version_dir = config_dir / str(video_clips_builder.VideoClips.VERSION)
   work_dir = work_dir or os.path.join(output_dir, WORK_DIR_NAME)
 
   # Inputs.
-  caption_map, warnings = video_dataset.load_captions(captions)
-  paths = video_dataset.find_videos(videos) if videos else None
+  caption_map, warnings = captions_lib.load_captions(captions)
+  paths = captions_lib.find_videos(videos) if videos else None
   if paths is not None and not paths:
     warnings.append(f"no video files found at {videos!r}")
-  sources, skipped = video_dataset.match_captions(paths, caption_map, captions)
+  sources, skipped = captions_lib.match_captions(paths, caption_map, captions)
   if paths is not None:
     unused = len(set(caption_map) - set(paths))
     if unused:
@@ -130,27 +158,27 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   for source in sources:
     try:
       keyed.append(dataclasses.replace(
-          source, key=video_dataset.cache_key(source.path, clip_spec, estimator_name, flow_spec)))
+          source, key=clip_cache.cache_key(source.path, clip_spec, estimator_name, flow_spec)))
     except OSError as e:  # vanished or unreadable since it was listed
-      skipped.append(video_dataset.Skipped(source.path, "missing_file", str(e)))
+      skipped.append(captions_lib.Skipped(source.path, "missing_file", str(e)))
   sources = keyed
 
   # Stage 1: clips + flow.
-  prepared = video_dataset.prepare_clips(sources, clip_spec, flow_spec, work_dir,
-                                         workers=workers, progress=progress)
+  prepared = flow_workers.prepare_clips(sources, clip_spec, flow_spec, work_dir,
+                                        workers=workers, progress=progress)
   good = {r.path for r in prepared.results if r.status in ("done", "cached")}
-  skipped += [video_dataset.Skipped(r.path, r.reason, r.detail)
+  skipped += [captions_lib.Skipped(r.path, r.reason, r.detail)
               for r in prepared.results if r.path not in good]
   usable = [s for s in sources if s.path in good]
 
   # Stage 2: TFDS shards (skipped when the same content is already there).
-  split_of = video_dataset.assign_splits([s.name for s in usable], validation_fraction)
-  plan = video_dataset.WritePlan(work_dir, {
+  split_of = splits_lib.assign_splits([s.name for s in usable], validation_fraction)
+  plan = video_clips_builder.WritePlan(work_dir, {
       split: [s for s in usable if split_of[s.name] == split]
-      for split in video_dataset.SPLITS})
+      for split in splits_lib.SPLITS})
   write_start = time.perf_counter()
   rewritten = False
-  clips = {split: 0 for split in video_dataset.SPLITS}
+  clips = {split: 0 for split in splits_lib.SPLITS}
   num_clips = {r.path: r.num_clips for r in prepared.results}
   for split, split_sources in plan.splits.items():
     clips[split] = sum(num_clips[s.path] for s in split_sources)
@@ -159,14 +187,14 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
                     "a trainer evaluating on 'validation' needs one")
   dataset_dir = None
   if usable:
-    dataset_dir = version_dir
-    if video_dataset.existing_digest(version_dir) != plan.digest(config):
+    dataset_dir = os.fspath(version_dir)
+    if video_clips_builder.existing_digest(version_dir) != plan.digest(config):
       _write_dataset(plan, config, output_dir, version_dir)
       rewritten = True
 
-  os.makedirs(config_dir, exist_ok=True)
+  config_dir.mkdir(parents=True, exist_ok=True)
   report = BuildReport(
-      dataset_dir=dataset_dir, report_path=os.path.join(config_dir, REPORT_NAME),
+      dataset_dir=dataset_dir, report_path=os.fspath(config_dir / REPORT_NAME),
       settings=dict(videos=videos, captions=captions, output_dir=output_dir,
                     work_dir=work_dir, config_name=config.name,
                     flow_estimator=estimator_name, flow_sigma=sigma,
@@ -183,22 +211,23 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
                    write=round(time.perf_counter() - write_start, 3),
                    total=round(time.perf_counter() - start, 3)),
       new_clips_per_second=round(prepared.clips_per_second, 3))
-  with open(report.report_path, "w") as f:
-    json.dump(dataclasses.asdict(report), f, indent=2)
+  files.atomic_write(report.report_path,
+                     json.dumps(dataclasses.asdict(report), indent=REPORT_INDENT))
   if not usable:
-    raise video_dataset.NoClipsError(
+    raise NoClipsError(
         f"no file gave a clip; nothing written.\n{report.summary()}")
   return report
 
 
-def _write_dataset(plan: video_dataset.WritePlan, config: video_dataset.VideoClipsConfig,
-                   output_dir: str, version_dir: str) -> None:
+def _write_dataset(plan: video_clips_builder.WritePlan,
+                   config: video_clips_builder.VideoClipsConfig,
+                   output_dir: str, version_dir: epath.Path) -> None:
   """Writes the shards from the cache, replacing an older dataset of this config."""
   # The old version folder must go before the builder is made: TFDS would
   # otherwise restore the old dataset's info (metadata included) from it.
-  shutil.rmtree(version_dir, ignore_errors=True)
-  builder = video_dataset.VideoClips(plan=plan, config=config, data_dir=output_dir,
-                                     file_format=video_dataset.FILE_FORMAT)
+  version_dir.rmtree(missing_ok=True)
+  builder = video_clips_builder.VideoClips(plan=plan, config=config, data_dir=output_dir,
+                                           file_format=video_clips_builder.FILE_FORMAT)
   # A throwaway download_dir keeps TFDS from leaving `downloads/` in output_dir.
   with tempfile.TemporaryDirectory() as download_dir:
     builder.download_and_prepare(
@@ -216,8 +245,9 @@ def define_flags() -> None:
   flags.DEFINE_string(
       "captions", None, "JSONL ({'video': path, 'caption': text} per line) or CSV "
       "(columns video,caption); relative paths are relative to this file.")
-  flags.DEFINE_string("output_dir", None, "TFDS data_dir to write into.")
-  flags.DEFINE_string("work_dir", None, f"Flow cache; default <output_dir>/{WORK_DIR_NAME}.")
+  flags.DEFINE_string("output_dir", None, "TFDS data_dir to write into (a local folder).")
+  flags.DEFINE_string(
+      "work_dir", None, f"Flow cache, a LOCAL folder; default <output_dir>/{WORK_DIR_NAME}.")
   flags.DEFINE_integer("num_frames", 8, "Frames per clip.")
   flags.DEFINE_integer("height", 32, "Frame height.")
   flags.DEFINE_integer("width", 32, "Frame width.")
@@ -252,8 +282,8 @@ def main(argv: list[str]) -> None:
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
         estimator_modules=f.estimator_module, sigma=f.sigma,
         validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir)
-  except (video_dataset.NoClipsError, video_dataset.CaptionsError,
-          video_dataset.WorkerStartError, flow_estimators.FlowEstimatorError) as e:
+  except (NoClipsError, captions_lib.CaptionsError, clip_cache.WorkDirError,
+          flow_workers.WorkerStartError, flow_estimators.FlowEstimatorError) as e:
     raise SystemExit(f"error: {e}") from None  # a message, not a traceback
   print(report.summary())
 

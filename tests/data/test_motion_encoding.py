@@ -109,3 +109,50 @@ def test_colour_wheel():
 def test_bad_shapes_raise(fn, bad):
   with pytest.raises(ValueError, match="shape"):
     fn(bad)
+
+
+# The hand-written HSV conversions motion_encoding used before it switched to
+# matplotlib.colors, kept here as the reference the encoding must still match.
+def _old_hsv_to_rgb(h, s, v):
+  h6 = (h % 1.0) * 6.0
+  i = np.floor(h6).astype(np.int32) % 6
+  f = h6 - np.floor(h6)
+  p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+  r = np.choose(i, [v, q, p, p, t, v])
+  g = np.choose(i, [t, v, v, q, p, p])
+  b = np.choose(i, [p, p, t, v, v, q])
+  return np.stack([r, g, b], axis=-1)
+
+
+def _old_rgb_to_hsv(rgb):
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  v = np.max(rgb, axis=-1)
+  c = v - np.min(rgb, axis=-1)
+  safe_c = np.where(c > 0, c, 1.0)
+  h = np.where(v == r, ((g - b) / safe_c) % 6.0,
+               np.where(v == g, (b - r) / safe_c + 2.0, (r - g) / safe_c + 4.0))
+  return np.where(c > 0, h / 6.0, 0.0), v
+
+
+def test_matches_the_previous_hand_written_hsv_conversion():
+  rng = np.random.default_rng(4)
+  flows = _random_flows(rng, (7, H, W), 1.5)   # some beyond the clip point
+  flows[0, 0, :4] = [[0, 0], [1, 0], [0, -1], [-1e-30, 0]]   # still, axis-aligned, tiny
+  magnitude = np.linalg.norm(flows, axis=-1)
+  value = np.minimum(1.0, magnitude / MAX_MAGNITUDE)
+  hue = (np.arctan2(flows[..., 1], flows[..., 0]) / (2 * np.pi)) % 1.0
+  old_rgb = _old_hsv_to_rgb(hue, np.ones_like(value), value)
+  # matplotlib computes part of the conversion in float64, the old code in float32:
+  # the floats agree to rounding, the stored uint8 video to one step in rare pixels.
+  np.testing.assert_allclose(me.flow_to_motion_frame(flows, SIGMA), old_rgb, atol=1e-6)
+  video = me.flows_to_motion_video(flows, SIGMA)
+  old_video = me.to_uint8(np.concatenate([old_rgb[:1], old_rgb]))
+  steps = np.abs(video.astype(int) - old_video)
+  assert steps.max() <= 1 and np.mean(steps > 0) < 1e-4
+  # Decoding, including colours that are not valid encodings (saturation < 1).
+  rgb = rng.uniform(0, 1, (5, H, W, 3)).astype(np.float32)
+  rgb[0, 0, :3] = [[1, 1, 0], [0.5, 0.5, 0.5], [1, 0, 1]]   # ties between channels, grey
+  old_hue, old_value = _old_rgb_to_hsv(rgb)
+  alpha = old_hue * 2 * np.pi
+  old_flow = old_value[..., None] * MAX_MAGNITUDE * np.stack([np.cos(alpha), np.sin(alpha)], -1)
+  np.testing.assert_allclose(me.motion_frame_to_flow(rgb, SIGMA), old_flow, atol=1e-4)

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from videojam_jax.data import flow_estimators
 from videojam_jax.data import motion_encoding
 from videojam_jax.evaluation import motion_metrics
 
@@ -161,9 +162,17 @@ def test_compute_all_keys_and_agreement():
 
 
 def test_rejects_bad_input():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match="video must be uint8"):
     motion_metrics.warping_error(np.zeros((T, H, W, 3), np.float32))
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"T>=3"):
     motion_metrics.motion_smoothness(_static()[:2])
-  with pytest.raises(ValueError):
-    motion_metrics.dis_flow(_static()[0], _static()[1], preset="slowest")
+  with pytest.raises(ValueError, match="unknown DIS preset 'slowest'"):
+    motion_metrics.warping_error(_static(), preset="slowest")
+
+
+def test_flow_is_the_shared_dis_estimator():
+  video = _translation(LARGE_SHIFT)
+  for preset in flow_estimators.DIS_PRESETS:
+    expected = flow_estimators.create_estimator("dis", preset=preset).estimate(video)
+    np.testing.assert_array_equal(motion_metrics.video_flows(video, preset), expected)
+  assert motion_metrics.DEFAULT_PRESET == flow_estimators.DEFAULT_DIS_PRESET

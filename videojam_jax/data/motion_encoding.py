@@ -12,11 +12,13 @@ m < 1 (up to uint8 quantisation when stored as bytes).
 
 Hue convention: hue in [0, 1) is (alpha mod 2*pi) / (2*pi); alpha = 0 (motion to
 +x, i.e. right) is red. Everything here is NumPy (host-side, used by the data
-builders and by the sample writer), vectorised over any leading axes.
+builders and by the sample writer), vectorised over any leading axes; the HSV
+<-> RGB conversions are matplotlib.colors'.
 """
 
 from __future__ import annotations
 
+from matplotlib import colors
 import numpy as np
 
 DEFAULT_SIGMA = 0.15
@@ -25,34 +27,6 @@ DEFAULT_SIGMA = 0.15
 def _max_magnitude(height: int, width: int, sigma: float) -> float:
   """The flow magnitude (pixels) that encodes to full brightness."""
   return sigma * float(np.sqrt(height**2 + width**2))
-
-
-def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Vectorised HSV -> RGB, all channels in [0, 1]; returns [..., 3]."""
-  h6 = (h % 1.0) * 6.0
-  i = np.floor(h6).astype(np.int32) % 6
-  f = h6 - np.floor(h6)
-  p = v * (1.0 - s)
-  q = v * (1.0 - s * f)
-  t = v * (1.0 - s * (1.0 - f))
-  r = np.choose(i, [v, q, p, p, t, v])
-  g = np.choose(i, [t, v, v, q, p, p])
-  b = np.choose(i, [p, p, t, v, v, q])
-  return np.stack([r, g, b], axis=-1)
-
-
-def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Vectorised RGB -> HSV for [..., 3] arrays in [0, 1]."""
-  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-  v = np.max(rgb, axis=-1)
-  c = v - np.min(rgb, axis=-1)
-  safe_c = np.where(c > 0, c, 1.0)
-  h = np.where(
-      v == r, ((g - b) / safe_c) % 6.0,
-      np.where(v == g, (b - r) / safe_c + 2.0, (r - g) / safe_c + 4.0))
-  h = np.where(c > 0, h / 6.0, 0.0)
-  s = np.where(v > 0, c / np.where(v > 0, v, 1.0), 0.0)
-  return h, s, v
 
 
 def flow_to_motion_frame(flow: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
@@ -64,7 +38,8 @@ def flow_to_motion_frame(flow: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.n
   magnitude = np.linalg.norm(flow, axis=-1)
   value = np.minimum(1.0, magnitude / _max_magnitude(height, width, sigma))
   hue = (np.arctan2(flow[..., 1], flow[..., 0]) / (2 * np.pi)) % 1.0
-  return _hsv_to_rgb(hue, np.ones_like(value), value).astype(np.float32)
+  hsv = np.stack([hue, np.ones_like(value), value], axis=-1)
+  return colors.hsv_to_rgb(hsv).astype(np.float32, copy=False)
 
 
 def motion_frame_to_flow(rgb: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
@@ -76,7 +51,8 @@ def motion_frame_to_flow(rgb: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.nd
   """
   rgb = np.clip(np.asarray(rgb, np.float32), 0.0, 1.0)
   height, width = rgb.shape[-3], rgb.shape[-2]
-  hue, _, value = _rgb_to_hsv(rgb)
+  hsv = colors.rgb_to_hsv(rgb)
+  hue, value = hsv[..., 0], hsv[..., 2]
   magnitude = value * _max_magnitude(height, width, sigma)
   alpha = hue * 2 * np.pi
   return np.stack([magnitude * np.cos(alpha), magnitude * np.sin(alpha)], axis=-1)

@@ -15,6 +15,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
+from videojam_jax.data import frames as frames_lib
 from videojam_jax.data import motion_encoding
 
 DEFAULT_MIN_SIDE = 128   # upscale until the shorter side is at least this many pixels
@@ -22,17 +23,10 @@ H264_CRF = 17            # x264 constant rate factor: visually lossless, still 4
 _MS_PER_SECOND = 1000.0
 
 
-def _check_frames(frames: np.ndarray) -> np.ndarray:
-  frames = np.asarray(frames)
-  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or not len(frames):
-    raise ValueError(f"frames must be uint8 [T>=1, H, W, 3], got {frames.dtype} {frames.shape}")
-  return frames
-
-
 def upscale(frames: np.ndarray, min_side: int = DEFAULT_MIN_SIDE) -> np.ndarray:
   """Nearest-neighbour upscale of uint8 [T, H, W, 3] by the smallest integer
   factor that makes min(H, W) >= min_side (factor 1 if already large enough)."""
-  frames = _check_frames(frames)
+  frames = frames_lib.check_frames(frames)
   factor = max(1, math.ceil(min_side / min(frames.shape[1:3])))
   return np.repeat(np.repeat(frames, factor, axis=1), factor, axis=2)
 
@@ -83,9 +77,7 @@ def motion_panel(motion_rgb: np.ndarray, sigma: float = motion_encoding.DEFAULT_
   largest magnitude, sigma * sqrt(H^2 + W^2)) so panels of different clips use
   the same colours for the same motion.
   """
-  motion_rgb = _check_frames(motion_rgb)
-  if motion_rgb.shape[0] < 2:
-    raise ValueError("a motion video needs at least 2 frames")
+  motion_rgb = frames_lib.check_frames(motion_rgb, min_frames=2, what="motion video")
   height, width = motion_rgb.shape[1:3]
   if max_magnitude is None:
     max_magnitude = sigma * float(np.hypot(height, width))
@@ -102,8 +94,8 @@ def side_by_side(video: np.ndarray, motion_rgb: np.ndarray,
   frames); it is shown as its decoded flow on the colour wheel (`motion_panel`),
   separated from the frames by a white `gap` pixels wide.
   """
-  video = _check_frames(video)
-  motion_rgb = _check_frames(motion_rgb)
+  video = frames_lib.check_frames(video, what="video")
+  motion_rgb = frames_lib.check_frames(motion_rgb, what="motion video")
   if motion_rgb.shape != video.shape:
     raise ValueError(f"motion {motion_rgb.shape} must match video {video.shape}")
   separator = np.full(video.shape[:2] + (gap, 3), 255, np.uint8)

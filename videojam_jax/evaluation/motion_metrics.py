@@ -1,11 +1,12 @@
 """Motion-coherence metrics for generated clips that need no downloaded weights.
 
 Every metric takes a generated clip as uint8 [T, H, W, 3] RGB and measures its
-motion with OpenCV's DIS optical flow (Kroeger et al., ECCV 2016), which ships
-with OpenCV and so works offline, in place of the learned estimators (RAFT,
-FlowNet2, AMT) that the published metrics use. Absolute values are therefore
-not comparable with published VBench / Lai et al. numbers; they are meant for
-comparing our own models, guidance settings and sweeps against each other.
+motion with OpenCV's DIS optical flow (Kroeger et al., ECCV 2016; the "dis"
+estimator of videojam_jax/data/flow_estimators.py), which ships with OpenCV and
+so works offline, in place of the learned estimators (RAFT, FlowNet2, AMT) that
+the published metrics use. Absolute values are therefore not comparable with
+published VBench / Lai et al. numbers; they are meant for comparing our own
+models, guidance settings and sweeps against each other.
 
   warping_error        Lai et al. 2018, lower is better
   motion_smoothness    VBench (Huang et al., CVPR 2024), higher is better
@@ -26,14 +27,12 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from videojam_jax.data import flow_estimators
+from videojam_jax.data import frames as frames_lib
 from videojam_jax.data import motion_encoding
 
-DIS_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
-DEFAULT_PRESET = "medium"  # the most accurate preset; our clips are small, so it is cheap
+# Every `preset` argument is a key of flow_estimators.DIS_PRESETS.
+DEFAULT_PRESET = flow_estimators.DEFAULT_DIS_PRESET
 
 # Occlusion test of Ruder et al. (GCPR 2016), as used by Lai et al.'s evaluation code.
 _CONSISTENCY_REL = 0.01   # |fw + bw|^2 > REL * (|fw|^2 + |bw|^2) + ABS  -> occluded
@@ -59,28 +58,13 @@ class DynamicDegree(NamedTuple):
 
 
 def _check_video(video: np.ndarray, min_frames: int = 2) -> np.ndarray:
-  video = np.asarray(video)
-  if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-    raise ValueError(f"video must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
-  if video.shape[0] < min_frames:
-    raise ValueError(f"need at least {min_frames} frames, got {video.shape[0]}")
-  return video
-
-
-def dis_flow(frame_a: np.ndarray, frame_b: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
-  """DIS optical flow from uint8 RGB frame_a [H, W, 3] to frame_b -> float32 [H, W, 2]."""
-  if preset not in DIS_PRESETS:
-    raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(DIS_PRESETS)}")
-  dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
-  gray_a = cv2.cvtColor(np.ascontiguousarray(frame_a), cv2.COLOR_RGB2GRAY)
-  gray_b = cv2.cvtColor(np.ascontiguousarray(frame_b), cv2.COLOR_RGB2GRAY)
-  return dis.calc(gray_a, gray_b, None)
+  """uint8 [T >= min_frames, H, W, 3] or ValueError (the shared frames validator)."""
+  return frames_lib.check_frames(video, min_frames=min_frames, what="video")
 
 
 def video_flows(video: np.ndarray, preset: str = DEFAULT_PRESET) -> np.ndarray:
   """Forward DIS flows of consecutive frames: uint8 [T, H, W, 3] -> float32 [T-1, H, W, 2]."""
-  video = _check_video(video)
-  return np.stack([dis_flow(a, b, preset) for a, b in zip(video[:-1], video[1:])])
+  return flow_estimators.DISEstimator(preset).estimate(_check_video(video))
 
 
 def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -143,10 +127,11 @@ def warping_error(video: np.ndarray, preset: str = DEFAULT_PRESET) -> float:
   """
   video = _check_video(video)
   frames = video.astype(np.float32) / _MAX_PIXEL
+  estimator = flow_estimators.DISEstimator(preset)
+  forward = estimator.estimate(video)                # t -> t+1
+  backward = estimator.estimate(video[::-1])[::-1]   # t+1 -> t
   errors = []
-  for t in range(video.shape[0] - 1):
-    fw = dis_flow(video[t], video[t + 1], preset)
-    bw = dis_flow(video[t + 1], video[t], preset)
+  for t, (fw, bw) in enumerate(zip(forward, backward)):
     mask = non_occlusion_mask(fw, bw)
     sq_err = np.sum(np.square(frames[t] - warp(frames[t + 1], fw)), axis=-1)
     errors.append(float(np.sum(sq_err * mask) / max(int(mask.sum()), 1)))
@@ -162,8 +147,9 @@ def interpolate_midframe(frame_0: np.ndarray, frame_1: np.ndarray,
   t = 1/2,  F_{t->0} = (F_{1->0} - F_{0->1}) / 4,  F_{t->1} = -F_{t->0},
   then the average of both frames backward-warped to time t.
   """
-  f01 = dis_flow(frame_0, frame_1, preset)
-  f10 = dis_flow(frame_1, frame_0, preset)
+  estimator = flow_estimators.DISEstimator(preset)
+  f01 = estimator.pair(frame_0, frame_1)
+  f10 = estimator.pair(frame_1, frame_0)
   ft0 = 0.25 * (f10 - f01)
   mid = 0.5 * (warp(frame_0.astype(np.float32), ft0) + warp(frame_1.astype(np.float32), -ft0))
   return np.clip(np.rint(mid), 0, _MAX_PIXEL).astype(np.uint8)

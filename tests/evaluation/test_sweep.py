@@ -1,15 +1,18 @@
-"""Sweep expansion, skipping settings a model cannot use, and resumable results."""
+"""Sweep expansion, skipping settings a model cannot use, setting names and fingerprints."""
 
 import dataclasses
+import hashlib
 import json
-import os
 
 import pytest
 
+from configs import sampling
 from videojam_jax.sampling import sampler as sampler_lib
 from videojam_jax.evaluation import sweep
 
-BASE = sampler_lib.SamplerSettings(num_steps=2, text_scale=5.0, motion_scale=3.0)
+# configs/sampling.py's settings (the one place their defaults live), 2 steps.
+BASE = sampler_lib.settings_from_config(sampling.get_config(), num_steps=2, text_scale=5.0,
+                                        motion_scale=3.0)
 
 
 def test_expand_is_the_product_in_order():
@@ -58,78 +61,10 @@ def test_setting_names_are_exact():
   assert sweep.setting_name(a) != sweep.setting_name(b)
 
 
-class FakeGenerator:
-  """Stands in for sampling: writes one file per job, can fail on a chosen job."""
-
-  def __init__(self, fail_on: str | None = None):
-    self.calls: list[str] = []
-    self.fail_on = fail_on
-
-  def __call__(self, job, stage):
-    self.calls.append(job.key)
-    with open(os.path.join(stage, "clip.txt"), "w") as f:
-      f.write(job.key)
-    if job.key == self.fail_on:
-      raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-setting
-    return {"clips": [{"metrics": {"m": float("nan")}}]}
-
-
-@pytest.fixture
-def jobs():
-  settings = sweep.expand(BASE, {"guidance": ("cfg", "inner"), "motion_scale": (1.0, 3.0)})
-  return sweep.plan({"videojam": True}, settings)[0]
-
-
-def _mtimes(root):
-  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
-          for d, _, files in os.walk(root) for f in files}
-
-
-def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, jobs):
-  store = sweep.ResultStore(str(tmp_path))
-  prints = {job: "v1" for job in jobs}
-
-  # Interrupted during the second setting: the first is kept, nothing else is.
-  fail = FakeGenerator(fail_on=jobs[1].key)
-  with pytest.raises(KeyboardInterrupt):
-    sweep.run_jobs(jobs, store, prints, fail, progress=False)
-  assert fail.calls == [jobs[0].key, jobs[1].key]
-  assert store.load(jobs[0], "v1") is not None
-  assert all(store.load(j, "v1") is None for j in jobs[1:])
-  assert not any(".staging" in p for p in _mtimes(tmp_path))
-
-  # A folder left by a killed process (no cleanup ran) is not a result.
-  (tmp_path / "videojam" / f".staging-{jobs[2].key.split('/')[1]}.999").mkdir()
-
-  generate = FakeGenerator()
-  summary = sweep.run_jobs(jobs, store, prints, generate, progress=False)
-  assert generate.calls == [j.key for j in jobs[1:]]
-  assert summary.reused == [jobs[0].key] and summary.generated == generate.calls
-  assert [r["key"] for r in summary.results] == [j.key for j in jobs]
-  assert not any(".staging" in p for p in _mtimes(tmp_path))
-  # Results are strict JSON (NaN -> null) and read back exactly as returned.
-  with open(os.path.join(store.path(jobs[1]), sweep.RESULT_FILE)) as f:
-    saved = json.load(f)
-  assert saved["clips"][0]["metrics"]["m"] is None
-  assert saved == summary.results[1]
-  assert saved["settings"] == dataclasses.asdict(jobs[1].settings)
-
-  # Everything finished: a rerun samples nothing and touches no result file.
-  before = _mtimes(tmp_path)
-  again = FakeGenerator()
-  summary = sweep.run_jobs(jobs, store, prints, again, progress=False)
-  assert again.calls == [] and summary.generated == []
-  assert summary.reused == [j.key for j in jobs]
-  assert _mtimes(tmp_path) == before
-
-
-def test_changed_inputs_regenerate_only_their_setting(tmp_path, jobs):
-  store = sweep.ResultStore(str(tmp_path))
-  prints = {job: sweep.fingerprint({"step": 100, "key": job.key}) for job in jobs}
-  sweep.run_jobs(jobs, store, prints, FakeGenerator(), progress=False)
-  prints[jobs[2]] = sweep.fingerprint({"step": 200, "key": jobs[2].key})  # e.g. a newer checkpoint
-  generate = FakeGenerator()
-  summary = sweep.run_jobs(jobs, store, prints, generate, progress=False)
-  assert generate.calls == [jobs[2].key]
-  assert summary.results[2]["fingerprint"] == prints[jobs[2]]
+def test_fingerprint_is_the_sorted_json_sha256_prefix():
+  # Stored results carry this value: another recipe would redo every finished sweep.
+  inputs = {"step": 100, "seeds": (0, 1), "settings": {"b": 1.5, "a": None}, "workdir": BASE}
+  text = json.dumps(inputs, sort_keys=True, default=str)
+  assert sweep.fingerprint(inputs) == hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
   assert sweep.fingerprint({"a": 1, "b": 2}) == sweep.fingerprint({"b": 2, "a": 1})
+  assert sweep.fingerprint({"step": 100}) != sweep.fingerprint({"step": 200})

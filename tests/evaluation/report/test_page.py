@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from videojam_jax.data import motion_encoding
-from videojam_jax.evaluation import page as report_html
-from videojam_jax.evaluation import plots as sweep_plots
+from videojam_jax.evaluation.report import page
+from videojam_jax.evaluation.report import plots
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -56,18 +56,18 @@ def _build_page(out_dir):
       if seed == 1 and j == 1:
         continue  # a missing sample must not break the page
       video, motion = _clip(j + 1, seed)
-      cells[column] = report_html.write_cell(
+      cells[column] = page.write_cell(
           out_dir / "videos", f"s{seed}_c{j}", video, motion, fps=FPS,
           metrics={"motion_smoothness": 0.99 - 0.01 * j, "dynamic_degree": 1.0})
-    rows.append(report_html.Row(prompt, seed, cells))
+    rows.append(page.Row(prompt, seed, cells))
   sweep = [{"w2": w2, "mode": mode, "seed": seed,
             "motion_smoothness": 0.9 + 0.01 * w2 + 0.001 * seed}
            for w2 in (0.0, 1.0, 3.0) for mode in ("cfg", "inner") for seed in (0, 1)]
-  plot = sweep_plots.plot_sweep(sweep, "w2", ["motion_smoothness"], out_dir / "sweep.png",
-                                group_key="mode")
-  page = report_html.write_report(out_dir / "index.html", rows, COLUMNS, sweep=sweep,
-                                  plots=[plot], title="Samples <test>")
-  return page, rows
+  plot = plots.plot_sweep(sweep, "w2", ["motion_smoothness"], out_dir / "sweep.png",
+                          group_key="mode")
+  path = page.write_html(out_dir / "index.html", rows, COLUMNS, sweep=sweep, plots=[plot],
+                         title="Samples <test>")
+  return path, rows
 
 
 class _Collector(html.parser.HTMLParser):
@@ -82,8 +82,8 @@ class _Collector(html.parser.HTMLParser):
 
 
 def test_page_structure_and_relative_links(tmp_path):
-  page, _ = _build_page(tmp_path)
-  text = open(page, encoding="utf-8").read()
+  path, _ = _build_page(tmp_path)
+  text = open(path, encoding="utf-8").read()
   parser = _Collector()
   parser.feed(text)
   videos = [attrs for tag, attrs in parser.tags if tag == "video"]
@@ -92,7 +92,7 @@ def test_page_structure_and_relative_links(tmp_path):
     assert {"autoplay", "loop", "muted", "playsinline"} <= set(attrs)
     assert not os.path.isabs(attrs["src"]) and "://" not in attrs["src"]
     assert (tmp_path / attrs["src"]).is_file()
-  assert sum(attrs["src"].endswith(report_html.MOTION_SUFFIX + ".mp4") for attrs in videos) == 5
+  assert sum(attrs["src"].endswith(page.MOTION_SUFFIX + ".mp4") for attrs in videos) == 5
   # Self-contained: no external scripts, styles or images.
   for tag, attrs in parser.tags:
     for key in ("src", "href"):
@@ -105,21 +105,6 @@ def test_page_structure_and_relative_links(tmp_path):
   assert "motion_smoothness" in text and "0.98" in text
   headers = [column for column in COLUMNS if f"<th>{column}</th>" in text]
   assert headers == list(COLUMNS)
-
-
-def test_sweep_aggregate_and_plot(tmp_path):
-  records = [{"w2": 1.0, "mode": "a", "m": 1.0}, {"w2": 1.0, "mode": "a", "m": 3.0},
-             {"w2": 0.0, "mode": "a", "m": 5.0}, {"w2": 0.0, "mode": "b", "m": float("nan")},
-             {"w2": 2.0, "mode": "b", "m": 7.0}, {"mode": "b", "m": 9.0}]
-  groups = sweep_plots.aggregate(records, "w2", "m", group_key="mode")
-  xs, mean, std = groups["a"]
-  np.testing.assert_array_equal(xs, [0.0, 1.0])
-  np.testing.assert_allclose(mean, [5.0, 2.0])
-  np.testing.assert_allclose(std, [0.0, 1.0])
-  np.testing.assert_array_equal(groups["b"][0], [2.0])   # NaN and x-less records skipped
-  path = sweep_plots.plot_sweep(records, "w2", ["m", "m"], tmp_path / "p.png", group_key="mode")
-  image = cv2.imread(path)
-  assert image is not None and image.shape[0] > 100 and image.std() > 10
 
 
 class _DevTools:
@@ -216,13 +201,13 @@ _PROBE_JS = """new Promise(resolve => {
 @pytest.mark.skipif(not os.path.exists(CHROMIUM),
                     reason=f"{CHROMIUM} absent; install with: apt-get install -y chromium")
 def test_videos_play_in_headless_chromium(tmp_path):
-  page, _ = _build_page(tmp_path)
+  path, _ = _build_page(tmp_path)
   browser = _DevTools(tmp_path / "profile")
   try:
     target = browser.call("Target.createTarget", url="about:blank")["targetId"]
     session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     browser.call("Page.enable", session=session)
-    browser.call("Page.navigate", session=session, url=f"file://{os.path.abspath(page)}")
+    browser.call("Page.navigate", session=session, url=f"file://{os.path.abspath(path)}")
     browser.wait_for_event("Page.loadEventFired")
     probe = _PROBE_JS % {"min_played": MIN_PLAYED_S, "wait_ms": 1000 * (TIMEOUT_S - 10)}
     result = browser.call("Runtime.evaluate", session=session, expression=probe,

@@ -1,10 +1,14 @@
-"""A self-contained HTML page for judging samples by eye.
+"""The comparison page: a self-contained HTML page for judging samples by eye.
 
 One row per (prompt, seed), one column per model / guidance setting (e.g.
 "baseline / CFG", "VideoJAM / CFG", "VideoJAM / Inner-Guidance"). Each cell
 plays the generated clip and, beside it, the model's own motion output drawn
 on the flow colour wheel, with the clip's motion metrics underneath. Below the
 grid: a table of sweep metrics and any sweep plots.
+
+`write_page` builds it from a sweep's results; `write_html` writes it from
+rows of `Cell`s (for callers that are not sweeps); `write_cell` writes a
+sample's videos and returns its `Cell`.
 
 The page has inline CSS and no external resources; videos and images are
 linked by paths relative to the page, so the folder can be copied or served
@@ -16,17 +20,32 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
+from etils import epath
 import numpy as np
 
+from videojam_jax import files
 from videojam_jax.data import motion_encoding
 from videojam_jax.data import video_io
+from videojam_jax.evaluation.report import fields
+from videojam_jax.evaluation.report import tables
 
 MOTION_SUFFIX = "_motion"
 _LEGEND_SIDE = 64  # pixels of the colour-wheel legend
+# Which direction is better, shown on the page (evaluation/motion_metrics.py defines them).
+METRIC_NOTES = {
+    "warping_error": "lower is better",
+    "motion_smoothness": "higher is better",
+    "dynamic_degree": "fraction of clips that move",
+    "dynamic_magnitude": "pixels per frame, top 5% of flow",
+    "temporal_flickering": "higher is steadier",
+    "motion_epe": "lower: the model's motion output matches its frames",
+}
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
@@ -132,16 +151,16 @@ def _colour_wheel_legend() -> str:
   return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode("ascii")
 
 
-def write_report(path: str | os.PathLike, rows: Sequence[Row], columns: Sequence[str], *,
-                 title: str = "VideoJAM samples",
-                 sweep: Sequence[Mapping[str, object]] = (),
-                 plots: Sequence[str | os.PathLike] = (), notes: str = "") -> str:
+def write_html(path: epath.PathLike, rows: Sequence[Row], columns: Sequence[str], *,
+               title: str = "VideoJAM samples",
+               sweep: Sequence[Mapping[str, object]] = (),
+               plots: Sequence[epath.PathLike] = (), notes: str = "") -> str:
   """Writes the comparison page to `path` (an .html file); returns the path.
 
   rows: one per (prompt, seed), each mapping column names to `Cell`s (a missing
   column shows a dash). columns: the column order. sweep: records (dicts) shown
   as a table, e.g. one per swept guidance weight with its mean metrics.
-  plots: PNG files (e.g. from `sweep_plots`) shown below the table. Files are
+  plots: PNG files (e.g. from `plots.plot_sweep`) shown below the table. Files are
   linked relative to the page's folder, so write them beside or below it.
   """
   path = os.fspath(path)
@@ -171,6 +190,41 @@ def write_report(path: str | os.PathLike, rows: Sequence[Row], columns: Sequence
     parts.append(f'<p><img class="plot" src="{html.escape(_relative(plot, page_dir))}" '
                  f'alt="{html.escape(os.path.basename(plot))}"></p>')
   parts.append("</body></html>")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write("\n".join(parts) + "\n")
+  files.atomic_write(path, "\n".join(parts) + "\n")
   return path
+
+
+def write_page(results: Sequence[Mapping[str, Any]], runs_root: epath.PathLike,
+               path: epath.PathLike, *, title: str, plots: Sequence[epath.PathLike] = (),
+               notes: Sequence[str] = ()) -> str:
+  """The side-by-side page of a sweep: one row per (prompt, seed), one column per (model, setting).
+
+  results: as `result_store.run_jobs` returns them, their clips' files under
+  `runs_root/<key>/`. Below the grid: the summary table (mean ± std per metric),
+  `plots`, and `notes` followed by what each metric means. Returns the page's path.
+  """
+  varying = fields.varying_fields(results)
+  names = fields.metric_names(results)
+  columns = [fields.column_label(r, varying) for r in results]
+  rows: dict[tuple[int, int], Row] = {}
+  for result, column in zip(results, columns):
+    folder = epath.Path(runs_root).joinpath(*result["key"].split("/"))
+    for clip in result["clips"]:
+      key = (clip["prompt_index"], clip["seed"])
+      row = rows.setdefault(key, Row(clip["prompt"], clip["seed"], {}))
+      row.cells[column] = Cell(
+          os.fspath(folder / clip["video"]),
+          None if clip.get("motion") is None else os.fspath(folder / clip["motion"]),
+          {k: fields.metric_value(v) for k, v in clip["metrics"].items()})
+  sweep_table = []
+  for row in tables.summary_rows(results):
+    record = {"model": row["model"], "setting": row["setting"], "step": row["checkpoint_step"],
+              "clips": row["num_clips"]}
+    for name in names:
+      mean, std = row[f"{name}_mean"], row[f"{name}_std"]
+      record[name] = "" if math.isnan(mean) else f"{mean:.4g} ± {std:.2g}"
+    sweep_table.append(record)
+  metric_help = "; ".join(f"{k}: {METRIC_NOTES[k]}" for k in names if k in METRIC_NOTES)
+  text = " ".join(list(notes) + ([f"Metrics — {metric_help}."] if metric_help else []))
+  return write_html(path, [rows[k] for k in sorted(rows)], columns, title=title,
+                    sweep=sweep_table, plots=plots, notes=text)

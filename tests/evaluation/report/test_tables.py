@@ -1,0 +1,54 @@
+"""The summary table: mean and std per metric and (model, setting), as CSV and strict JSON."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from videojam_jax.evaluation.report import tables
+
+AXES = {"guidance": ("cfg", "inner"), "motion_scale": (1.0, 3.0)}
+
+
+def test_summary_rows(make_results):
+  rows = tables.summary_rows(make_results(AXES))
+  assert [(r["model"], r["setting"]) for r in rows] == [
+      ("baseline", "CFG w1=5"), ("videojam", "CFG w1=5"), ("videojam", "Inner-Guidance w1=5 w2=1"),
+      ("videojam", "Inner-Guidance w1=5 w2=3")]
+  assert list(rows[0]) == [
+      "model", "setting", "checkpoint_step", "guidance", "text_scale", "motion_scale", "num_steps",
+      "time_shift", "inner_guidance_until", "solver", "num_clips",
+      "warping_error_mean", "warping_error_std", "motion_smoothness_mean", "motion_smoothness_std",
+      "motion_epe_mean", "motion_epe_std"]
+  for n, row in enumerate(rows):
+    assert row["num_clips"] == 4 and row["checkpoint_step"] == 3
+    assert row["warping_error_mean"] == pytest.approx(n + 0.5)
+    assert row["warping_error_std"] == pytest.approx(0.5)
+    assert row["motion_smoothness_mean"] == pytest.approx(0.95)
+    assert row["motion_smoothness_std"] == pytest.approx(0.05)
+  assert math.isnan(rows[0]["motion_epe_mean"])  # the baseline has no motion output
+  assert rows[3]["motion_epe_mean"] == pytest.approx(5.5)
+  assert rows[2]["motion_scale"] == 1.0 and rows[1]["motion_scale"] == 0.0
+
+
+def test_write_tables_csv_and_strict_json(tmp_path, make_results):
+  rows = tables.summary_rows(make_results(AXES))
+  csv_path, json_path = tmp_path / "metrics.csv", tmp_path / "metrics.json"
+  tables.write_tables(rows[:1], csv_path, json_path)
+  tables.write_tables(rows, csv_path, json_path)  # rewritten whole, not appended
+  assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "metrics.json"]  # no temporary left
+  with open(csv_path, newline="") as f:
+    assert f.readline() == ",".join(rows[0]) + "\n"
+  with open(csv_path, newline="") as f:
+    read = list(csv.DictReader(f))
+  assert len(read) == 4
+  assert read[0]["motion_epe_mean"] == ""  # NaN is an empty cell
+  assert float(read[1]["warping_error_mean"]) == pytest.approx(1.5)
+  text = json_path.read_text()
+  assert "NaN" not in text
+  records = json.loads(text)
+  assert records[0]["motion_epe_mean"] is None  # and null in JSON
+  assert [r["setting"] for r in records] == [r["setting"] for r in rows]
+  assert records[3]["motion_epe_mean"] == pytest.approx(5.5)

@@ -6,10 +6,15 @@ slice runs the same command as a local run (`python -m videojam_jax.train
 --config ... --workdir ...`) with VIDEOJAM_DISTRIBUTED=1, which makes train.py
 call `jax.distributed.initialize()` (JAX finds the other hosts itself).
 
-gs:// paths: the trainer writes its workdir and reads datasets through local
-file APIs, so on TPU VMs each gs:// bucket named in the workdir or an override
-is mounted with Cloud Storage FUSE (gcsfuse) on every host and the path is
-rewritten to the mount point.
+gs:// paths are passed to the trainer unchanged: it reads and writes its
+workdir and datasets through etils.epath, Orbax (tensorstore's own GCS driver),
+TFDS and ArrayRecord (native GCS reader), which all take gs:// URIs. Without
+TensorFlow, etils.epath reaches gs:// through fsspec's `gcsfs` and Orbax lists
+checkpoint steps on gs:// with `google-cloud-storage`; both are in
+requirements.txt. For images where that is not set up, `gcs_buckets`,
+`mount_gcs_paths` and `gcsfuse_mount_lines` mount each bucket with Cloud
+Storage FUSE (gcsfuse) instead and rewrite the paths to the mount points
+(tpu_vm.py's opt-in `--mount_gcs_with_gcsfuse`).
 """
 
 from __future__ import annotations
@@ -77,14 +82,17 @@ def gcs_buckets(job: TrainJob) -> list[str]:
 
 
 def mount_gcs_paths(job: TrainJob, mount_root: str = DEFAULT_MOUNT_ROOT) -> TrainJob:
-  """The job with every gs://BUCKET/path rewritten to MOUNT_ROOT/BUCKET/path."""
+  """The job with every gs://BUCKET/path rewritten to MOUNT_ROOT/BUCKET/path (gcsfuse mode)."""
   rewrite = lambda v: (f"{mount_root}/{v[len(GCS_PREFIX):]}" if v.startswith(GCS_PREFIX) else v)
   overrides = tuple(f"{o.split('=', 1)[0]}={rewrite(o.split('=', 1)[1])}" for o in job.overrides)
   return dataclasses.replace(job, workdir=rewrite(job.workdir), overrides=overrides)
 
 
 def gcsfuse_mount_lines(buckets: Sequence[str], mount_root: str = DEFAULT_MOUNT_ROOT) -> list[str]:
-  """Shell lines mounting each bucket at MOUNT_ROOT/BUCKET (skipped if already mounted)."""
+  """Shell lines mounting each bucket at MOUNT_ROOT/BUCKET (skipped if already mounted).
+
+  Only for the opt-in gcsfuse mode: by default gs:// paths reach the trainer as is.
+  """
   lines = []
   for bucket in buckets:
     point = shlex.quote(f"{mount_root}/{bucket}")

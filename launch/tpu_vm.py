@@ -4,15 +4,22 @@ r"""Runs the training command on every host of a Cloud TPU VM slice (gcloud).
       --config=configs/dit_4b.py --workdir=gs://my-bucket/runs/dit4b \
       [--create --accelerator_type=v5p-32 --runtime_version=v2-alpha-tpuv5] \
       [--sync_code] [--install] [--detach] [--env=KEY=value ...] \
+      [--mount_gcs_with_gcsfuse [--mount_root=/tmp/gcs]] \
       [--config.train.batch_size=64 ...] [--dry_run]
 
 Steps, each one printed before it runs (`--dry_run` prints them and runs none):
   --create       request the slice as a queued resource and wait until ACTIVE
   --sync_code    `git archive HEAD` here, copy it to every host, unpack it
   --install      pip install requirements.txt and jax[tpu] on every host
-  always         on every host (--worker=all): mount gs:// buckets named in the
-                 workdir / overrides with gcsfuse, export VIDEOJAM_DISTRIBUTED=1,
+  always         on every host (--worker=all): export VIDEOJAM_DISTRIBUTED=1,
                  run `python3 -m videojam_jax.train ...`
+
+gs:// paths in the workdir and the overrides reach the trainer unchanged: it
+reads and writes them natively (etils.epath with gcsfs, Orbax/tensorstore,
+TFDS, ArrayRecord; requirements.txt has what they need). Opt-in
+`--mount_gcs_with_gcsfuse` instead mounts each bucket named there with gcsfuse
+at MOUNT_ROOT/BUCKET on every host and rewrites the paths to it, for images
+where native gs:// access is not set up (gcsfuse must be installed then).
 See docs/launch.md.
 """
 
@@ -40,12 +47,19 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, tuple[str, ...]
   parser.add_argument("--zone", required=True)
   parser.add_argument("--project", default=None, help="Default: gcloud's configured project.")
   parser.add_argument("--config", required=True, help="Config file, relative to the repo root.")
-  parser.add_argument("--workdir", required=True, help="gs://BUCKET/path (mounted on every host).")
+  parser.add_argument("--workdir", required=True,
+                      help="gs://BUCKET/path (passed to training as is), or a path that "
+                      "every host sees.")
   parser.add_argument("--env", action="append", default=[], help="KEY=value for every host.")
   parser.add_argument("--repo_dir", default="videojam_jax",
                       help="Repository on each host, relative to the ssh user's home.")
-  parser.add_argument("--mount_root", default=commands.DEFAULT_MOUNT_ROOT,
-                      help="Where gcsfuse mounts gs:// buckets on each host.")
+  parser.add_argument("--mount_gcs_with_gcsfuse", action="store_true",
+                      help="Mount the gs:// buckets named in the workdir and the overrides "
+                      "with gcsfuse on every host and pass the mount paths to training, "
+                      "instead of the gs:// paths (for images without native gs:// access).")
+  parser.add_argument("--mount_root", default=None,
+                      help="Where gcsfuse mounts the buckets on each host (with "
+                      f"--mount_gcs_with_gcsfuse; default {commands.DEFAULT_MOUNT_ROOT}).")
   parser.add_argument("--python", default="python3")
   parser.add_argument("--create", action="store_true", help="Create the slice (queued resource).")
   parser.add_argument("--queued_resource", default=None, help="Default: --tpu_name.")
@@ -61,6 +75,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, tuple[str, ...]
   parsed = parser.parse_args(args)
   if parsed.create and not (parsed.accelerator_type and parsed.runtime_version):
     parser.error("--create needs --accelerator_type and --runtime_version")
+  if parsed.mount_root is not None and not parsed.mount_gcs_with_gcsfuse:
+    parser.error(f"--mount_root={parsed.mount_root} only applies with --mount_gcs_with_gcsfuse")
   return parsed, overrides
 
 
@@ -89,10 +105,12 @@ def plan(args: argparse.Namespace, overrides: tuple[str, ...],
 
   job = commands.TrainJob(args.config, args.workdir, overrides, commands.parse_env(args.env),
                           args.python)
-  buckets = commands.gcs_buckets(job)
-  job = commands.mount_gcs_paths(job, args.mount_root)
-  script = commands.host_script(job, args.repo_dir,
-                                setup=commands.gcsfuse_mount_lines(buckets, args.mount_root),
+  setup: list[str] = []
+  if args.mount_gcs_with_gcsfuse:
+    mount_root = args.mount_root or commands.DEFAULT_MOUNT_ROOT
+    setup = commands.gcsfuse_mount_lines(commands.gcs_buckets(job), mount_root)
+    job = commands.mount_gcs_paths(job, mount_root)
+  script = commands.host_script(job, args.repo_dir, setup=setup,
                                 log_file="train.log" if args.detach else None)
   steps.append(("run", commands.tpu_vm_ssh(args.tpu_name, script, **loc)))
   return steps

@@ -2,7 +2,7 @@ r"""Submits the training command to a GKE cluster of TPU slices with xpk.
 
   python -m launch.xpk --cluster=my-cluster --workload=dit4b-run1 --tpu_type=v5p-32 \
       --base_docker_image=us-docker.pkg.dev/my-project/images/videojam-base:latest \
-      --config=configs/dit_4b.py --workdir=/gcs/my-bucket/runs/dit4b \
+      --config=configs/dit_4b.py --workdir=gs://my-bucket/runs/dit4b \
       [--num_slices=1] [--project=...] [--zone=...] [--env=KEY=value ...] \
       [--config.train.batch_size=64 ...] [--dry_run]
 
@@ -13,9 +13,11 @@ jax[tpu]) has xpk build an image from it plus this repository, copied to /app
 (xpk is run from the repository root); `--docker_image` runs a prebuilt image
 that already holds the repository (at --repo_dir).
 
-The workdir and dataset must be paths every pod can read and write: mount the
-bucket with the Cloud Storage FUSE CSI driver and pass the mount path. gs:// paths
-are refused, because the trainer writes through local file APIs (docs/launch.md).
+The workdir and dataset must be paths every pod can read and write. gs:// paths
+are passed to the trainer unchanged (it reads and writes them natively): the
+image needs requirements.txt installed and the pods need GCS credentials (e.g.
+Workload Identity). A bucket mounted in the pods by the Cloud Storage FUSE CSI
+driver works too: pass the mount path. See docs/launch.md.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, tuple[str, ...]
   parser.add_argument("--repo_dir", default="/app",
                       help="Where the repository is inside the image (xpk's build puts it in /app).")
   parser.add_argument("--config", required=True, help="Config file, relative to the repo root.")
-  parser.add_argument("--workdir", required=True, help="A path mounted in every pod.")
+  parser.add_argument("--workdir", required=True,
+                      help="gs://BUCKET/path (passed to training as is), or a path mounted "
+                      "in every pod (e.g. by the Cloud Storage FUSE CSI driver).")
   parser.add_argument("--env", action="append", default=[], help="KEY=value for every host.")
   parser.add_argument("--python", default="python3")
   parser.add_argument("--dry_run", action="store_true", help="Print the command, run nothing.")
@@ -55,12 +59,6 @@ def plan(args: argparse.Namespace, overrides: tuple[str, ...]) -> list[list[str]
   """The xpk command(s) to run."""
   job = commands.TrainJob(args.config, args.workdir, overrides, commands.parse_env(args.env),
                           args.python)
-  buckets = commands.gcs_buckets(job)
-  if buckets:
-    raise commands.LaunchError(
-        f"gs:// paths (buckets {buckets}) cannot be used directly: the trainer writes its "
-        "workdir and reads datasets through local file APIs. Mount the bucket in the pods "
-        "(Cloud Storage FUSE CSI driver) and pass the mount path; see docs/launch.md.")
   script = commands.host_script(job, args.repo_dir)
   return [commands.xpk_workload_create(
       cluster=args.cluster, workload=args.workload, tpu_type=args.tpu_type,

@@ -30,11 +30,40 @@ def test_tpu_vm_minimal_runs_training_on_every_worker(capsys):
   assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v5p"]
   assert {"--zone=us-east5-a", "--project=proj", "--worker=all"} <= set(ssh)
   script = ssh[-1].removeprefix("--command=")
+  # gs:// paths go to the trainer as typed: no mount, no rewriting.
+  assert script == (
+      "cd videojam_jax && export VIDEOJAM_DISTRIBUTED=1 && "
+      "python3 -m videojam_jax.train --config configs/dit_4b.py "
+      "--workdir=gs://bkt/runs/dit4b --config.train.batch_size=64")
+
+
+def test_tpu_vm_opt_in_gcsfuse_mounts_and_rewrites(capsys):
+  (ssh,) = dry_run(tpu_vm, [*TPU_ARGS, "--mount_gcs_with_gcsfuse",
+                            "--config.data.dataset_dir=gs://data/latents",
+                            "--config.train.batch_size=64"], capsys)
+  script = ssh[-1].removeprefix("--command=")
   assert script == (
       "cd videojam_jax && mkdir -p /tmp/gcs/bkt && (mountpoint -q /tmp/gcs/bkt || "
-      "gcsfuse --implicit-dirs bkt /tmp/gcs/bkt) && export VIDEOJAM_DISTRIBUTED=1 && "
-      "python3 -m videojam_jax.train --config configs/dit_4b.py "
-      "--workdir=/tmp/gcs/bkt/runs/dit4b --config.train.batch_size=64")
+      "gcsfuse --implicit-dirs bkt /tmp/gcs/bkt) && mkdir -p /tmp/gcs/data && "
+      "(mountpoint -q /tmp/gcs/data || gcsfuse --implicit-dirs data /tmp/gcs/data) && "
+      "export VIDEOJAM_DISTRIBUTED=1 && python3 -m videojam_jax.train --config "
+      "configs/dit_4b.py --workdir=/tmp/gcs/bkt/runs/dit4b "
+      "--config.data.dataset_dir=/tmp/gcs/data/latents --config.train.batch_size=64")
+
+
+def test_tpu_vm_gcsfuse_mount_root(capsys):
+  (ssh,) = dry_run(tpu_vm, [*TPU_ARGS, "--mount_gcs_with_gcsfuse", "--mount_root=/mnt/buckets"],
+                   capsys)
+  script = ssh[-1]
+  assert "gcsfuse --implicit-dirs bkt /mnt/buckets/bkt" in script
+  assert "--workdir=/mnt/buckets/bkt/runs/dit4b" in script
+  assert "gs://" not in script
+
+
+def test_tpu_vm_mount_root_needs_the_gcsfuse_flag(capsys):
+  with pytest.raises(SystemExit):
+    tpu_vm.main([*TPU_ARGS, "--mount_root=/mnt/buckets", "--dry_run"])
+  assert "--mount_gcs_with_gcsfuse" in capsys.readouterr().err
 
 
 def test_tpu_vm_full_sequence(capsys):
@@ -58,11 +87,10 @@ def test_tpu_vm_full_sequence(capsys):
   assert steps[4][-1] == "--command=mkdir -p videojam_jax && tar -xzf videojam_jax_src.tar.gz -C videojam_jax"
   assert "pip install -q -r requirements.txt 'jax[tpu]'" in steps[5][-1]
   train = steps[6][-1]
-  # Both buckets mounted; paths rewritten; env quoted; detached with a log.
-  assert "gcsfuse --implicit-dirs bkt /tmp/gcs/bkt" in train
-  assert "gcsfuse --implicit-dirs data /tmp/gcs/data" in train
+  # gs:// paths unchanged and nothing mounted; env quoted; detached with a log.
+  assert "gcsfuse" not in train and "/tmp/gcs" not in train
+  assert "--workdir=gs://bkt/runs/dit4b --config.data.dataset_dir=gs://data/latents" in train
   assert "export FOO='a b'" in train
-  assert "--config.data.dataset_dir=/tmp/gcs/data/latents" in train
   assert train.endswith("< /dev/null >> train.log 2>&1 &")
   assert "nohup python3 -m videojam_jax.train" in train
 
@@ -92,9 +120,14 @@ def test_xpk_prebuilt_image(capsys):
   assert create[-3].startswith("--command=cd /workspace/videojam && ")
 
 
-def test_xpk_refuses_gcs_paths(capsys):
-  with pytest.raises(SystemExit, match="gs:// paths"):
-    xpk.main([*XPK_ARGS[:-1], "--workdir=gs://bkt/run", "--docker_image=img", "--dry_run"])
+def test_xpk_passes_gcs_paths_through(capsys):
+  (create,) = dry_run(xpk, [*XPK_ARGS[:-1], "--workdir=gs://bkt/run", "--docker_image=img",
+                            "--config.data.dataset_dir=gs://data/clips"], capsys)
+  (command,) = [a for a in create if a.startswith("--command=")]
+  assert command == (
+      "--command=cd /app && export VIDEOJAM_DISTRIBUTED=1 && python3 -m videojam_jax.train "
+      "--config configs/dit_30b.py --workdir=gs://bkt/run "
+      "--config.data.dataset_dir=gs://data/clips")
 
 
 def test_xpk_needs_an_image(capsys):

@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,8 +28,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from videojam_jax.model import dit as model_lib
-from videojam_jax.model import text_encoder
+from videojam_jax.data import text as text_lib
+from videojam_jax.model import dit
+from videojam_jax.model import functional
+from videojam_jax.parallel import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_TRAIN_CLIPS, TINY_EVAL_CLIPS = 16, 4
@@ -54,7 +55,8 @@ def tiny_config(dataset_dir: str = "", *, jam: bool = True) -> ml_collections.Co
   config.train.num_steps = 2
   config.train.checkpoint_every = 1
   config.optim.warmup_steps = 1
-  config.sample.num_samples = 1
+  config.evals.samples.num_prompts = 1
+  config.evals.samples.batch_size = 1
   config.sample.num_steps = 1
   return config
 
@@ -98,20 +100,18 @@ def perturb_params() -> Callable[..., Any]:
 @dataclasses.dataclass
 class TinyModel:
   config: ml_collections.ConfigDict
-  model: model_lib.VideoDiT
-  init_params: Any        # freshly initialised (zero-init heads stay zero)
+  model: functional.FunctionalModel
+  init_params: Any        # freshly initialised, on host (zero-init heads stay zero)
   apply: Callable         # jitted (params, x_t, d_t, t, text, text_mask, text_keep) -> (u_x, u_d)
 
 
 def _tiny_model(jam: bool) -> TinyModel:
   config = tiny_config(jam=jam)
-  model = model_lib.build_model(config)
-  init = jax.jit(lambda rng: nn.unbox(model.init(rng, **model_lib.dummy_inputs(config))["params"]),
-                 compiler_options=FAST_COMPILE)
+  model = functional.build(config.model, dit.VideoShape.from_data_config(config.data),
+                           sharding.ShardingPlan.from_config(config.mesh))
   # An RngBitGenerator key compiles the initialisers much faster than threefry.
-  params = jax.device_get(init(jax.random.key(0, impl="unsafe_rbg")))
-  apply = jax.jit(lambda params, *args: model.apply({"params": params}, *args),
-                  compiler_options=FAST_COMPILE)
+  params = jax.device_get(model.init(jax.random.key(0, impl="unsafe_rbg")))
+  apply = jax.jit(model.apply, compiler_options=FAST_COMPILE)
   return TinyModel(config, model, params, apply)
 
 
@@ -134,7 +134,7 @@ def model_inputs() -> dict[str, jnp.ndarray]:
   d = config.data
   rng = np.random.default_rng(0)
   shape = (2, d.num_frames, d.height, d.width, 3)
-  ids, mask = text_encoder.tokenize(list(CAPTIONS), config.model.text.max_length)
+  ids, mask = text_lib.tokenize(list(CAPTIONS), config.model.text.max_length)
   return dict(x_t=jnp.asarray(rng.standard_normal(shape), jnp.float32),
               d_t=jnp.asarray(rng.standard_normal(shape), jnp.float32),
               t=jnp.asarray([0.3, 0.8], jnp.float32),

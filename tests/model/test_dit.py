@@ -1,14 +1,33 @@
 """Tests for the video DiT and its VideoJAM projections (videojam_jax/model/dit.py)."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
+from videojam_jax.data import text as text_lib
 from videojam_jax.model import dit as model_lib
-from videojam_jax.model import text_encoder
+from videojam_jax.model import functional
+from videojam_jax.parallel import sharding
+
+
+def build(config):
+  """The config's model in functional form (abstract: nothing allocated)."""
+  return functional.build(config.model, model_lib.VideoShape.from_data_config(config.data),
+                          sharding.ShardingPlan.from_config(config.mesh))
+
+
+def inputs_for(config, batch=2):
+  d, text = config.data, config.model.text
+  video = jnp.zeros((batch, d.num_frames, d.height, d.width, 3))
+  if text.source == "precomputed":
+    ids = jnp.zeros((batch, text.max_length, text.embedding_dim))
+  else:
+    ids = jnp.zeros((batch, text.max_length), jnp.int32)
+  return dict(x_t=video, d_t=video if config.model.jam else None, t=jnp.zeros((batch,)),
+              text=ids, text_mask=jnp.ones((batch, text.max_length), bool),
+              text_keep=jnp.ones((batch,), bool))
 
 
 def test_patchify_unpatchify_round_trip():
@@ -95,7 +114,7 @@ def test_null_text_ignores_the_caption(tiny_jam, model_inputs, perturb_params):
   with_text, _ = tiny_jam.apply(params, *_args(model_inputs))
   null_text, _ = tiny_jam.apply(params, *_args(model_inputs, text_keep=drop))
   assert float(jnp.abs(with_text - null_text).max()) > 1e-3
-  ids, mask = text_encoder.tokenize(["something else entirely", "x"], 32)
+  ids, mask = text_lib.tokenize(["something else entirely", "x"], 32)
   other_caption, _ = tiny_jam.apply(params, *_args(model_inputs, text=ids, text_mask=mask))
   assert float(jnp.abs(with_text - other_caption).max()) > 1e-3
   other_null, _ = tiny_jam.apply(params, *_args(model_inputs, text=ids, text_mask=mask, text_keep=drop))
@@ -106,28 +125,28 @@ def test_null_text_ignores_the_caption(tiny_jam, model_inputs, perturb_params):
   np.testing.assert_allclose(mixed[1], null_text[1], rtol=1e-5, atol=1e-6)
 
 
-def test_precomputed_text_embeddings(make_tiny_config, model_inputs):
+def test_precomputed_text_embeddings(make_tiny_config):
   config = make_tiny_config(jam=False)
   config.model.text.source = "precomputed"
   config.model.text.embedding_dim = 24
-  model = model_lib.build_model(config)
-  inputs = model_lib.dummy_inputs(config, batch=2)
+  model = build(config)
+  inputs = inputs_for(config)
   assert inputs["text"].shape == (2, 32, 24)
-  params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), **inputs)["params"])
+  params = model.abstract_params
   assert "text_encoder" not in params
   assert params["text_proj"]["kernel"].shape == (24, 32)
-  u_x, u_d = jax.eval_shape(model.apply, {"params": params}, **inputs)
+  u_x, u_d = jax.eval_shape(model.apply, params, *_args(inputs))
   assert u_x.shape == inputs["x_t"].shape and u_d is None
   wrong = dict(inputs, text=jnp.zeros((2, 32, 16)))
   with pytest.raises(ValueError, match=r"precomputed text embeddings must be \[B, L, 24\], got \(2, 32, 16\)"):
-    jax.eval_shape(model.apply, {"params": params}, **wrong)
+    jax.eval_shape(model.apply, params, *_args(wrong))
   ids = dict(inputs, text=jnp.zeros((2, 32), jnp.int32))
   with pytest.raises(ValueError, match="precomputed text embeddings"):
-    jax.eval_shape(model.apply, {"params": params}, **ids)
+    jax.eval_shape(model.apply, params, *_args(ids))
 
 
 def test_builtin_text_rejects_embeddings(tiny_jam, model_inputs):
-  with pytest.raises(ValueError, match=r"expects token ids \[B, L\]"):
+  with pytest.raises(ValueError, match=r"takes token ids \[B, L\]"):
     jax.eval_shape(tiny_jam.apply, tiny_jam.init_params,
                    *_args(model_inputs, text=jnp.zeros((2, 32, 32))))
 
@@ -136,21 +155,71 @@ def test_builtin_text_rejects_embeddings(tiny_jam, model_inputs):
 def test_indivisible_patch_size_is_a_clear_error(make_tiny_config, field, size):
   config = make_tiny_config()
   config.data[field] = size
-  model = model_lib.build_model(config)
   with pytest.raises(ValueError, match=rf"data.{field}={size} is not divisible by model.patch_size \(2, 4, 4\)"):
-    jax.eval_shape(model.init, jax.random.key(0), **model_lib.dummy_inputs(config))
+    build(config)
 
 
 def test_xavier_motion_input_init_reads_motion_from_the_start(model_inputs, perturb_params):
   config = tiny_config()
   config.model.motion_input_init = "xavier"
-  model = model_lib.build_model(config)
-  params = nn.unbox(model.init(jax.random.key(0), **model_lib.dummy_inputs(config))["params"])
+  model = build(config)
+  params = jax.device_get(model.init(jax.random.key(0)))
   kernel = np.asarray(params["motion_patch_embed"]["kernel"])
   assert np.all(np.isfinite(kernel)) and float(np.abs(kernel).mean()) > 1e-2
   # Only the motion rows are kept as initialised; the zero heads are perturbed.
   params = perturb_params(params, seed=2, keep=("motion_patch_embed",))
-  apply = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+  apply = jax.jit(model.apply)
   u_x1, _ = apply(params, *_args(model_inputs))
   u_x2, _ = apply(params, *_args(model_inputs, d_t=-model_inputs["d_t"]))
   assert float(jnp.abs(u_x1 - u_x2).max()) > 1e-3
+
+
+def test_every_parameter_has_logical_axis_names():
+  """Each weight is annotated (out_sharding metadata) and stacked blocks carry 'layers'."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  plan = sharding.ShardingPlan.from_config(config.mesh)
+  shape = model_lib.VideoShape.from_data_config(config.data)
+  with plan.active():
+    abstract = nnx.eval_shape(lambda: model_lib.build_model(config.model, shape, rngs=nnx.Rngs(0)))
+  unnamed, count = [], 0
+  for path, var in nnx.to_flat_state(nnx.state(abstract)):
+    count += 1
+    names = var.get_metadata().get("out_sharding")
+    if not names or len(names) != len(var.shape):
+      unnamed.append("/".join(map(str, path)))
+    elif path[0] == "blocks" or path[:2] == ("text_encoder", "layers"):
+      assert names[0] == "layers", path
+    for name in names or ():
+      assert name is None or name in dict(sharding.DEFAULT_RULES), (path, name)
+  assert count > 40 and not unnamed, unnamed
+
+
+def test_scanned_blocks_compile_once_whatever_the_depth():
+  """The blocks run under one scan: the traced program does not grow with depth."""
+  sizes = []
+  for depth in (2, 6):
+    config = tiny_config()
+    config.model.depth = depth
+    model = build(config)
+    inputs = inputs_for(config)
+    jaxpr = jax.make_jaxpr(model.apply)(model.abstract_params, *_args(inputs))
+    sizes.append(len(str(jaxpr)))
+  assert abs(sizes[1] - sizes[0]) < 0.02 * sizes[0], sizes
+
+
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_changes_memory_not_results(model_inputs, perturb_params, policy):
+  config = tiny_config()
+  params = perturb_params(jax.device_get(build(config).init(jax.random.key(0))), seed=4)
+  config.model.remat_policy = policy
+  remat = build(config)
+  plain = build(tiny_config())
+  loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, *_args(model_inputs))[0] ** 2)))
+  g_plain, g_remat = loss(plain)(params), loss(remat)(params)
+  # Gradients reach ~1e4 here and rematerialisation reorders float32 sums: compare
+  # at float32 resolution of the largest gradient (small leaves are cancellation noise).
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g_plain))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               g_remat, g_plain)
+  assert "remat" in str(jax.make_jaxpr(remat.apply)(params, *_args(model_inputs)))

@@ -17,10 +17,12 @@ from tests.conftest import BackgroundCommand
 from tests.conftest import start_early
 from tests.conftest import started_command
 from tests.conftest import tiny_config
-from videojam_jax.training import checkpoints
+from videojam_jax.model import dit
+from videojam_jax.model import functional
 from videojam_jax.model import retrofit
 from videojam_jax.parallel import sharding
-from videojam_jax.training import state as train_state_lib
+from videojam_jax.training import checkpoints
+from videojam_jax.training import runs
 
 
 def _args(inputs, **changes):
@@ -68,7 +70,8 @@ def test_motion_head_starts_as_a_copy_of_the_video_head(tiny_jam, trained_base, 
   for name in ("kernel", "bias"):
     np.testing.assert_array_equal(jam_params["motion_head"][name], trained_base["video_head"][name])
     # A copy, not an alias: training the motion head must not move the video head.
-    assert not np.shares_memory(jam_params["motion_head"][name], trained_base["video_head"][name])
+    assert not np.shares_memory(np.asarray(jam_params["motion_head"][name]),
+                                trained_base["video_head"][name])
   u_x, u_d = tiny_jam.apply(jam_params, *_args(model_inputs))
   np.testing.assert_allclose(u_d, u_x, rtol=1e-6, atol=1e-6)
   # Everything the base model had is carried over unchanged.
@@ -80,7 +83,7 @@ def test_retrofit_check_can_fail(tiny_base, tiny_jam, trained_base, model_inputs
   # The same comparison with non-zero motion rows must fail: the test has teeth.
   jam_params = retrofit.base_to_jam(trained_base, tiny_jam.init_params)
   kernel = jam_params["motion_patch_embed"]["kernel"]
-  jam_params["motion_patch_embed"] = {"kernel": np.full(kernel.shape, 0.05, kernel.dtype)}
+  jam_params["motion_patch_embed"] = {"kernel": jnp.full(kernel.shape, 0.05, kernel.dtype)}
   with pytest.raises(AssertionError):
     assert_same_video_output(tiny_base, tiny_jam, trained_base, jam_params, model_inputs)
 
@@ -88,23 +91,6 @@ def test_retrofit_check_can_fail(tiny_base, tiny_jam, trained_base, model_inputs
 def test_already_jam_checkpoint_is_rejected(tiny_jam):
   with pytest.raises(retrofit.RetrofitError, match="already a VideoJAM model"):
     retrofit.base_to_jam(tiny_jam.init_params, tiny_jam.init_params)
-  # ... but load_into loads it directly.
-  loaded = retrofit.load_into(tiny_jam.init_params, tiny_jam.init_params, jam=True)
-  assert loaded is tiny_jam.init_params
-
-
-def test_jam_checkpoint_into_baseline_is_rejected(tiny_jam, tiny_base):
-  with pytest.raises(retrofit.RetrofitError, match="cannot load a VideoJAM checkpoint into a baseline"):
-    retrofit.load_into(tiny_jam.init_params, tiny_base.init_params, jam=False)
-
-
-def test_mismatched_shapes_are_named(tiny_jam, trained_base):
-  wrong = dict(trained_base)
-  wrong["patch_embed"] = {"kernel": np.zeros((96, 48), np.float32), "bias": np.zeros((48,), np.float32)}
-  with pytest.raises(retrofit.RetrofitError, match=r"\['patch_embed'\]\['kernel'\]: \(96, 48\) vs \(96, 32\)"):
-    retrofit.base_to_jam(wrong, tiny_jam.init_params)
-  with pytest.raises(retrofit.RetrofitError, match=r"\['patch_embed'\]\['bias'\]: \(48,\) vs \(32,\)"):
-    retrofit.load_into(wrong, trained_base, jam=False)
 
 
 def test_missing_and_unexpected_parameters_are_named(tiny_jam, trained_base):
@@ -156,7 +142,8 @@ def base_run():
 
 def test_init_from_a_base_run_retrofits_its_weights(base_run, make_tiny_config, tiny_base,
                                                     tiny_jam, model_inputs):
-  """A base run's checkpoint, loaded by a JAM run through config.train.init_from."""
+  """A base run's checkpoint, loaded by a JAM model as train.init_from loads it (runs.load_params):
+  restored straight into the JAM model's shardings, then retrofitted."""
   returncode, output = base_run.result()
   assert returncode == 0, output[-5000:]
   base_workdir = str(base_run.workdir / "run")
@@ -168,36 +155,47 @@ def test_init_from_a_base_run_retrofits_its_weights(base_run, make_tiny_config, 
   assert np.any(ema["video_head"]["kernel"])
   assert not np.array_equal(ema["video_head"]["kernel"], params["video_head"]["kernel"])
 
-  # The JAM run's starting weights, loaded as trainer.initial_params loads them for
-  # train.init_from (load_weights + retrofit.load_into into the JAM param structure).
-  # The trainer module itself is not imported: it pulls in TensorFlow (through clu),
-  # which other tests check stays out of the test process.
-  jam_config = make_tiny_config(jam=True)
-  jam_config.train.init_from = base_workdir
-  mesh = sharding.create_mesh(jam_config.mesh)
-  tx = train_state_lib.create_optimizer(jam_config)
-  abstract, _ = train_state_lib.abstract_state_and_shardings(jam_config, mesh, tx)
-  loaded = checkpoints.load_weights(jam_config.train.init_from, jam_config.train.init_from_weights)
-  start = retrofit.load_into(loaded, abstract.params, jam=True)
-  jax.tree.map(lambda a, s: np.testing.assert_equal(np.shape(a), s.shape), start, abstract.params)
+  jam_model = tiny_jam.model
+  start = runs.load_params(jam_model, base_workdir, "ema")
+  jax.tree.map(lambda a, s: (np.testing.assert_equal(a.shape, s.shape),
+                             np.testing.assert_equal(a.sharding, s.sharding)),
+               start, jam_model.abstract_params)
+  start = jax.device_get(start)
   expected = retrofit.base_to_jam(ema, tiny_jam.init_params)
   jax.tree.map(np.testing.assert_array_equal, start, expected)
   np.testing.assert_array_equal(start["motion_patch_embed"]["kernel"], 0)
   assert_same_video_output(tiny_base, tiny_jam, ema, start, model_inputs)
 
   # init_from_weights="params" picks the raw (non-EMA) weights.
-  jam_config.train.init_from_weights = "params"
-  loaded_raw = checkpoints.load_weights(jam_config.train.init_from, jam_config.train.init_from_weights)
-  start_raw = retrofit.load_into(loaded_raw, abstract.params, jam=True)
+  start_raw = jax.device_get(runs.load_params(jam_model, base_workdir, "params"))
   np.testing.assert_array_equal(start_raw["video_head"]["kernel"], params["video_head"]["kernel"])
   np.testing.assert_array_equal(start_raw["motion_head"]["kernel"], params["video_head"]["kernel"])
-  # A JAM checkpoint is never loaded into a baseline run.
-  with pytest.raises(retrofit.RetrofitError, match="into a baseline"):
-    retrofit.load_into(start, tiny_base.init_params, jam=False)
+  # The base run loads into a baseline model as it is.
+  base_again = jax.device_get(runs.load_params(tiny_base.model, base_workdir, "ema"))
+  jax.tree.map(np.testing.assert_array_equal, base_again, ema)
+  # A model of another size is a clear error naming the shapes.
+  wider = make_tiny_config(jam=True)
+  wider.model.width = 64
+  wide_model = functional.build(wider.model, dit.VideoShape.from_data_config(wider.data),
+                                sharding.ShardingPlan.from_config(wider.mesh))
+  with pytest.raises(checkpoints.CheckpointMismatchError, match=r"patch_embed.*\(96, 32\).*|.*64"):
+    runs.load_params(wide_model, base_workdir, "ema")
 
 
-def test_init_from_a_missing_run_is_a_clear_error(tmp_path):
+def test_jam_checkpoint_into_baseline_is_rejected(tmp_path, tiny_jam, tiny_base):
+  """A VideoJAM run's checkpoint cannot start a baseline model."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "jam_run"
+  with ocp.CheckpointManager(str(workdir / "checkpoints")) as manager:
+    manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(
+        {"params": tiny_jam.init_params, "ema_params": tiny_jam.init_params})))
+    manager.wait_until_finished()
+  with pytest.raises(retrofit.RetrofitError, match="cannot be loaded into a baseline model"):
+    runs.load_params(tiny_base.model, str(workdir), "ema")
+
+
+def test_init_from_a_missing_run_is_a_clear_error(tmp_path, tiny_jam):
   with pytest.raises(FileNotFoundError, match="no checkpoints folder"):
-    checkpoints.load_weights(str(tmp_path / "nowhere"))
+    runs.load_params(tiny_jam.model, str(tmp_path / "nowhere"))
   with pytest.raises(ValueError, match="'ema' or 'params'"):
-    checkpoints.load_weights(str(tmp_path), "best")
+    runs.load_params(tiny_jam.model, str(tmp_path), "best")

@@ -58,21 +58,44 @@ def test_unknown_rules_name():
 ABSTRACT_2x2x2 = AbstractMesh((2, 2, 2), sharding.MESH_AXES)
 
 
+PLAN_2x2x2 = sharding.ShardingPlan(ABSTRACT_2x2x2, sharding.DEFAULT_RULES)
+
+
 def test_batch_is_split_over_data_and_fsdp():
-  assert sharding.batch_axis_size(ABSTRACT_2x2x2, sharding.DEFAULT_RULES) == 4
-  sharding.check_batch_divisible(8, ABSTRACT_2x2x2, sharding.DEFAULT_RULES)
+  assert PLAN_2x2x2.batch_ways == 4
+  PLAN_2x2x2.check_batch_divisible(8)
+  sequence_parallel = sharding.ShardingPlan(ABSTRACT_2x2x2, sharding.SEQUENCE_PARALLEL_RULES)
+  assert sequence_parallel.batch_ways == 4
 
 
 def test_batch_not_divisible_by_batch_shards():
   with pytest.raises(sharding.MeshConfigError, match=r"batch_size=6 .* 4 batch shards.* multiple of 4"):
-    sharding.check_batch_divisible(6, ABSTRACT_2x2x2, sharding.DEFAULT_RULES)
+    PLAN_2x2x2.check_batch_divisible(6)
 
 
 def test_batch_not_divisible_by_processes(monkeypatch):
   monkeypatch.setattr(jax, "process_count", lambda: 3)
+  plan = sharding.ShardingPlan(AbstractMesh((1, 1, 1), sharding.MESH_AXES), sharding.DEFAULT_RULES)
   with pytest.raises(sharding.MeshConfigError, match="not divisible by the 3 processes"):
-    sharding.check_batch_divisible(4, AbstractMesh((1, 1, 1), sharding.MESH_AXES),
-                                   sharding.DEFAULT_RULES)
+    plan.check_batch_divisible(4)
+
+
+def test_logical_names_map_through_the_rules_table():
+  rules = sharding.DEFAULT_RULES
+  assert sharding.logical_to_spec(("activation_batch", None, "mlp"), rules) == \
+      jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
+  with pytest.raises(sharding.MeshConfigError, match=r"logical axes \['embd'\] have no rule"):
+    sharding.logical_to_spec(("embd",), rules)
+
+
+def test_constrain_is_a_no_op_without_a_mesh_and_lays_out_inside_one():
+  x = jax.numpy.ones((4, 8))
+  assert sharding.constrain(x, ("activation_batch", None)) is x
+  plan = sharding.ShardingPlan.from_config(mesh_config())
+  with plan.active():
+    hlo = jax.jit(lambda a: sharding.constrain(a * 2, ("activation_batch", "activation_mlp"))
+                  ).lower(x).as_text()
+  assert "sharding" in hlo
 
 
 # --- 8 fake devices (subprocesses).

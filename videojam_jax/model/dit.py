@@ -1,45 +1,67 @@
-"""The video DiT, with VideoJAM's joint appearance-motion projections.
+"""The video DiT, with VideoJAM's joint appearance-motion projections (Flax NNX).
 
 Tokens: the clip [B, T, H, W, C] is cut into (pt, ph, pw) patches. With
-`jam=True` the model also reads the noisy motion video d_t and the input
+`jam=True` the model also reads the noisy motion video d_t, and the input
 projection is W_in+ = [W_in ; W_in_m] applied to concat(patch(x_t), patch(d_t)),
-written here as `patch_embed(x) + motion_patch_embed(d)` with the motion kernel
-initialised to zero by default (so the JAM model computes exactly what its base
-computes; `model.motion_input_init`). The output projection gains a motion head, W_out+ = [W_out, W_out_m],
-and the model returns two velocities (u_x, u_d). With `jam=False` the same code
-is the pixel-only baseline. Nothing else differs (DESIGN.md §1).
+written here as `patch_embed(x) + motion_patch_embed(d)`. The motion rows start at
+zero by default (`motion_input_init`), so a JAM model computes exactly what its
+base computes. The output projection gains a motion head, W_out+ = [W_out, W_out_m],
+and the model returns two velocities (u_x, u_d). With `jam=False` the same code is
+the pixel-only baseline. Nothing else differs (DESIGN.md §1).
 
 Blocks: adaLN-Zero timestep modulation, spatio-temporal self-attention over all
-video tokens, cross-attention to the caption tokens, MLP. Blocks are scanned
-(one compiled block, parameters stacked on a leading 'layers' axis) and
-optionally rematerialised.
+video tokens, cross-attention to the caption tokens, MLP. The blocks are stacked
+(`nnx.vmap` at construction: every block parameter has a leading 'layers' axis)
+and run with `nnx.scan`, optionally rematerialised with `nnx.remat` (the idiom of
+the Flax NNX guides and MaxDiffusion's Wan): one compiled block whatever the depth.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from videojam_jax.parallel import sharding
 from videojam_jax.model import layers
-from videojam_jax.model import text_encoder
+from videojam_jax.model import text_encoder as text_encoder_lib
+from videojam_jax.parallel import sharding
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+REMAT_POLICIES = layers.REMAT_POLICIES
+MOTION_INPUT_INITS = ("zeros", "xavier")
+TEXT_SOURCES = ("builtin", "precomputed")
 TIMESTEP_SCALE = 1000.0     # t in [0, 1] is embedded as t * 1000, the DiT convention
 TIMESTEP_FREQUENCIES = 256
+POSITION_PERIOD = 10000.0   # sin-cos embeddings, as in the Transformer / DiT
+NULL_TEXT_INIT_STDDEV = 0.02
+TOKENS = ("activation_batch", "activation_length", "activation_embed")
 
 
-def patchify(video: jnp.ndarray, patch: tuple[int, int, int]) -> jnp.ndarray:
+@dataclasses.dataclass(frozen=True)
+class VideoShape:
+  """The clip shape the model is built for: frames, height, width, channels."""
+  num_frames: int
+  height: int
+  width: int
+  channels: int = 3
+
+  @classmethod
+  def from_data_config(cls, data_config: ml_collections.ConfigDict) -> "VideoShape":
+    """The shape of config.data's clips (channels: 3 for RGB pixels, more for latents)."""
+    return cls(int(data_config.num_frames), int(data_config.height), int(data_config.width),
+               int(data_config.get("channels", 3)))
+
+  @property
+  def dims(self) -> tuple[int, int, int, int]:
+    return (self.num_frames, self.height, self.width, self.channels)
+
+
+def patchify(video: jax.Array, patch: tuple[int, int, int]) -> jax.Array:
   """[B, T, H, W, C] -> [B, N, pt*ph*pw*C] tokens, N = (T/pt)(H/ph)(W/pw)."""
   b, t, h, w, c = video.shape
   pt, ph, pw = patch
@@ -48,8 +70,8 @@ def patchify(video: jnp.ndarray, patch: tuple[int, int, int]) -> jnp.ndarray:
   return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
 
 
-def unpatchify(tokens: jnp.ndarray, patch: tuple[int, int, int],
-               shape: tuple[int, int, int, int]) -> jnp.ndarray:
+def unpatchify(tokens: jax.Array, patch: tuple[int, int, int],
+               shape: tuple[int, int, int, int]) -> jax.Array:
   """Inverse of `patchify`; `shape` is (T, H, W, C)."""
   t, h, w, c = shape
   pt, ph, pw = patch
@@ -61,7 +83,7 @@ def unpatchify(tokens: jnp.ndarray, patch: tuple[int, int, int],
 
 def sincos_embedding(positions: np.ndarray, dim: int) -> np.ndarray:
   """1-D sinusoidal embedding of `positions` [N] -> [N, dim]."""
-  freqs = np.exp(-np.log(10000.0) * np.arange(dim // 2) / (dim // 2))
+  freqs = np.exp(-np.log(POSITION_PERIOD) * np.arange(dim // 2) / (dim // 2))
   angles = positions[:, None] * freqs[None]
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
@@ -81,221 +103,174 @@ def video_position_embedding(grid: tuple[int, int, int], width: int) -> np.ndarr
   return emb.astype(np.float32)
 
 
-def timestep_embedding(t: jnp.ndarray, dim: int = TIMESTEP_FREQUENCIES) -> jnp.ndarray:
+def timestep_embedding(t: jax.Array, dim: int = TIMESTEP_FREQUENCIES) -> jax.Array:
   """Sinusoidal features of flow-matching time t [B] in [0, 1] -> [B, dim]."""
   half = dim // 2
-  freqs = jnp.exp(-jnp.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(-jnp.log(POSITION_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
   angles = (t.astype(jnp.float32) * TIMESTEP_SCALE)[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def modulate(x: jnp.ndarray, shift: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class DiTBlock(nn.Module):
-  """adaLN-Zero self-attention + text cross-attention + MLP; scan-compatible."""
-  num_heads: int
-  mlp_ratio: float
-  dtype: Any = jnp.float32
-  attention_impl: str | None = None
+Conditioning = tuple[jax.Array, jax.Array, jax.Array]   # (adaLN vector, caption tokens, caption mask)
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, cond: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]):
+
+class DiTBlock(nnx.Module):
+  """adaLN-Zero self-attention + text cross-attention + MLP."""
+
+  def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, dtype: jnp.dtype,
+               attention_impl: str | None, rngs: nnx.Rngs):
+    self.adaln = layers.linear(width, 6 * width, ("embed", "mlp"), dtype=dtype, zero_init=True,
+                               rngs=rngs)
+    self.norm1 = layers.LayerNorm(width, affine=False, dtype=dtype, rngs=rngs)
+    self.self_attn = layers.Attention(width, num_heads, dtype=dtype,
+                                      attention_impl=attention_impl, rngs=rngs)
+    self.norm_cross = layers.LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.cross_attn = layers.Attention(width, num_heads, dtype=dtype,
+                                       attention_impl=attention_impl, rngs=rngs)
+    self.norm2 = layers.LayerNorm(width, affine=False, dtype=dtype, rngs=rngs)
+    self.mlp = layers.Mlp(width, int(width * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, cond: Conditioning) -> jax.Array:
     c, text, text_mask = cond
-    width = x.shape[-1]
-    mod = layers.dense(6 * width, ("embed", "mlp"), dtype=self.dtype, zero_init=True,
-                       name="adaln")(nn.silu(c))
+    mod = self.adaln(jax.nn.silu(c))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
-    h = modulate(layers.LayerNorm(False, self.dtype, name="norm1")(x), shift1, scale1)
-    x = x + gate1[:, None] * layers.Attention(
-        self.num_heads, self.dtype, self.attention_impl, name="self_attn")(h, h)
-    h = layers.LayerNorm(name="norm_cross", dtype=self.dtype)(x)
-    x = x + layers.Attention(self.num_heads, self.dtype, self.attention_impl,
-                             name="cross_attn")(h, text, kv_mask=text_mask)
-    h = modulate(layers.LayerNorm(False, self.dtype, name="norm2")(x), shift2, scale2)
-    x = x + gate2[:, None] * layers.Mlp(int(width * self.mlp_ratio), self.dtype, name="mlp")(h)
-    x = sharding.constrain(x, ("activation_batch", "activation_length", "activation_embed"))
-    return x, None
+    h = modulate(self.norm1(x), shift1, scale1)
+    x = x + gate1[:, None] * self.self_attn(h, h)
+    h = self.norm_cross(x)
+    x = x + self.cross_attn(h, text, kv_mask=text_mask)
+    h = modulate(self.norm2(x), shift2, scale2)
+    x = x + gate2[:, None] * self.mlp(h)
+    return sharding.constrain(x, TOKENS)
 
 
-@dataclasses.dataclass(frozen=True)
-class VideoShape:
-  """The clip shape the model is built for."""
-  num_frames: int
-  height: int
-  width: int
-  channels: int = 3
-
-
-class VideoDiT(nn.Module):
+class VideoDiT(nnx.Module):
   """Video DiT returning (u_x, u_d) velocities; u_d is None when `jam` is False."""
-  config: ml_collections.ConfigDict        # config.model
-  video_shape: VideoShape
 
-  def setup_checks(self) -> tuple[int, int, int]:
-    patch = tuple(int(p) for p in self.config.patch_size)
-    dims = (self.video_shape.num_frames, self.video_shape.height, self.video_shape.width)
-    for name, d, p in zip(("num_frames", "height", "width"), dims, patch):
-      if d % p:
-        raise ValueError(f"data.{name}={d} is not divisible by model.patch_size {patch}")
-    return patch
+  def __init__(self, *, video_shape: VideoShape, width: int, depth: int, num_heads: int,
+               mlp_ratio: float, patch_size: tuple[int, int, int], jam: bool,
+               text_encoder: text_encoder_lib.ByteTextEncoder | None, text_width: int,
+               motion_input_init: str = "zeros", dtype: Any = jnp.float32,
+               remat_policy: str = "none", attention_impl: str | None = None, rngs: nnx.Rngs):
+    """text_encoder: the built-in caption encoder, or None for precomputed embeddings
+    (then `text_width` is their dimension; else the encoder's width)."""
+    patch = tuple(int(p) for p in patch_size)
+    for name, size, p in zip(("num_frames", "height", "width"), video_shape.dims[:3], patch):
+      if size % p:
+        raise ValueError(f"data.{name}={size} is not divisible by model.patch_size {patch}")
+    if motion_input_init not in MOTION_INPUT_INITS:
+      raise ValueError(f"motion_input_init must be one of {MOTION_INPUT_INITS}, "
+                       f"got {motion_input_init!r}")
+    if remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {remat_policy!r}")
+    self.video_shape, self.patch, self.jam = video_shape, patch, bool(jam)
+    self.dtype, self.remat_policy = jnp.dtype(dtype), remat_policy
+    self.width, self.text_width = width, text_width
+    patch_dim = int(np.prod(patch)) * video_shape.channels
+    linear = lambda *args, **kw: layers.linear(*args, dtype=self.dtype, rngs=rngs, **kw)
 
-  @nn.compact
-  def __call__(self, x_t: jnp.ndarray, d_t: jnp.ndarray | None, t: jnp.ndarray,
-               text: jnp.ndarray | None, text_mask: jnp.ndarray, text_keep: jnp.ndarray,
-               *, encoded_text: jnp.ndarray | None = None,
-               ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    # --- Tokens: W_in+ = [W_in ; W_in_m].
+    self.patch_embed = linear(patch_dim, width, ("patch", "embed"))
+    self.motion_patch_embed = (
+        linear(patch_dim, width, ("patch", "embed"), use_bias=False,
+               zero_init=motion_input_init == "zeros") if self.jam else None)
+    # --- Conditioning: timestep -> adaLN vector; caption -> cross-attention tokens.
+    self.time_mlp_in = linear(TIMESTEP_FREQUENCIES, width, ("embed", "mlp"))
+    self.time_mlp_out = linear(width, width, ("mlp", "embed"))
+    self.text_encoder = text_encoder
+    self.text_proj = linear(text_width, width, (None, "embed"))
+    self.null_text = nnx.Param(nnx.with_partitioning(
+        nnx.initializers.normal(NULL_TEXT_INIT_STDDEV), (None, "embed"))(rngs.params(), (1, width)))
+    # --- Blocks, stacked for nnx.scan.
+    self.blocks = layers.stacked(lambda r: DiTBlock(width, num_heads, mlp_ratio, dtype=self.dtype,
+                                             attention_impl=attention_impl, rngs=r), depth, rngs)
+    # --- Output: W_out+ = [W_out, W_out_m] after the final adaLN.
+    self.final_adaln = linear(width, 2 * width, ("embed", "mlp"), zero_init=True)
+    self.final_norm = layers.LayerNorm(width, affine=False, dtype=self.dtype, rngs=rngs)
+    self.video_head = linear(width, patch_dim, ("embed", "patch"), zero_init=True)
+    self.motion_head = (linear(width, patch_dim, ("embed", "patch"), zero_init=True)
+                        if self.jam else None)
+
+  def encode_text(self, text: jax.Array, text_mask: jax.Array) -> jax.Array:
+    """The caption tokens [B, L, width] the blocks attend to.
+
+    text: token ids [B, L] (built-in encoder) or embeddings [B, L, D] (precomputed).
+    Independent of the noisy clip and the time, so a sampler computes it once per
+    call and passes it to `__call__` as `encoded_text`.
+    """
+    if self.text_encoder is not None:
+      if text.ndim != 2:
+        raise ValueError(f"the built-in text encoder takes token ids [B, L], got {text.shape}")
+      encoded = self.text_encoder(text, text_mask)
+    else:
+      if text.ndim != 3 or text.shape[-1] != self.text_width:
+        raise ValueError(f"precomputed text embeddings must be [B, L, {self.text_width}], "
+                         f"got {text.shape}")
+      encoded = text.astype(self.dtype)
+    return self.text_proj(encoded)
+
+  def __call__(self, x_t: jax.Array, d_t: jax.Array | None, t: jax.Array,
+               text: jax.Array | None, text_mask: jax.Array, text_keep: jax.Array, *,
+               encoded_text: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
     """Velocities for noisy video x_t and motion d_t [B,T,H,W,C] at time t [B].
 
-    text: token ids [B, L] (builtin encoder) or embeddings [B, L, D] (precomputed);
-    text_mask: [B, L] valid tokens; text_keep: [B] bool, False = null text (the
-    caption is replaced by a learned null token, for classifier-free guidance).
-    encoded_text: instead of `text`, the caption tokens [B, L, width] from
-    `encode_text` (a sampler encodes each caption once, not at every step).
+    text_mask: [B, L] valid caption tokens; text_keep: [B] bool, False = null text
+    (the caption is replaced by a learned null token, for classifier-free guidance).
+    Pass either `text` (see `encode_text`) or `encoded_text` (its result).
     """
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    patch = self.setup_checks()
-    width = cfg.width
-    shape = (self.video_shape.num_frames, self.video_shape.height,
-             self.video_shape.width, self.video_shape.channels)
+    dtype, patch, shape = self.dtype, self.patch, self.video_shape.dims
     grid = tuple(s // p for s, p in zip(shape[:3], patch))
 
-    # --- Tokens: W_in+ = [W_in ; W_in_m], the motion rows starting at zero.
-    tokens = layers.dense(width, ("patch", "embed"), dtype=dtype, name="patch_embed")(
-        patchify(x_t.astype(dtype), patch))
-    if cfg.jam:
+    tokens = self.patch_embed(patchify(x_t.astype(dtype), patch))
+    if self.jam:
       if d_t is None:
         raise ValueError("a VideoJAM model (model.jam=True) needs the motion input d_t")
-      tokens = tokens + layers.dense(
-          width, ("patch", "embed"), dtype=dtype, use_bias=False,
-          zero_init=motion_input_init(cfg) == "zeros",
-          name="motion_patch_embed")(patchify(d_t.astype(dtype), patch))
-    tokens = tokens + jnp.asarray(video_position_embedding(grid, width), dtype)[None]
-    tokens = sharding.constrain(
-        tokens, ("activation_batch", "activation_length", "activation_embed"))
+      tokens = tokens + self.motion_patch_embed(patchify(d_t.astype(dtype), patch))
+    tokens = tokens + jnp.asarray(video_position_embedding(grid, self.width), dtype)[None]
+    tokens = sharding.constrain(tokens, TOKENS)
 
-    # --- Conditioning: timestep -> adaLN vector; caption -> cross-attention tokens.
-    c = layers.dense(width, ("embed", "mlp"), dtype=dtype, name="time_mlp_in")(timestep_embedding(t))
-    c = layers.dense(width, ("mlp", "embed"), dtype=dtype, name="time_mlp_out")(nn.silu(c))
-    if encoded_text is None:
-      encoder, projection = caption_modules(cfg, dtype)
-      text_tokens = projection(_encoder_output(cfg, encoder, text, text_mask, dtype))
-    else:
-      text_tokens = encoded_text.astype(dtype)
-    null_text = self.param("null_text", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")), (1, width))
+    c = self.time_mlp_out(jax.nn.silu(self.time_mlp_in(timestep_embedding(t))))
+    text_tokens = (self.encode_text(text, text_mask) if encoded_text is None
+                   else encoded_text.astype(dtype))
     keep = text_keep[:, None, None]
-    text_tokens = jnp.where(keep, text_tokens, null_text.astype(dtype)[None])
+    text_tokens = jnp.where(keep, text_tokens, self.null_text[...].astype(dtype)[None])
     # The null caption is one valid token: the first position.
     first_only = jnp.arange(text_mask.shape[1])[None] == 0
     text_mask = jnp.where(text_keep[:, None], text_mask, first_only)
 
-    # --- Blocks (scanned; parameters carry a leading 'layers' axis).
-    block = DiTBlock
-    policy = REMAT_POLICIES[cfg.remat_policy]
-    if cfg.remat_policy != "none":
-      block = nn.remat(block, policy=policy, prevent_cse=False)
-    blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(nn.broadcast,), length=cfg.depth,
-                     metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = blocks(cfg.num_heads, cfg.mlp_ratio, dtype, cfg.attention_impl, name="blocks")(
-        tokens, (c, text_tokens, text_mask))
+    cond = (c, text_tokens, text_mask)
+    x = layers.run_stacked(self.blocks, tokens, lambda block, h: block(h, cond), self.remat_policy)
 
-    # --- Output: W_out+ = [W_out, W_out_m] after the final adaLN.
-    shift, scale = jnp.split(layers.dense(2 * width, ("embed", "mlp"), dtype=dtype, zero_init=True,
-                                          name="final_adaln")(nn.silu(c)), 2, axis=-1)
-    x = modulate(layers.LayerNorm(False, dtype, name="final_norm")(x), shift, scale)
-    patch_dim = int(np.prod(patch)) * shape[3]
-    u_x = layers.dense(patch_dim, ("embed", "patch"), dtype=dtype, zero_init=True, name="video_head")(x)
-    u_x = unpatchify(u_x.astype(jnp.float32), patch, shape)
-    if not cfg.jam:
+    shift, scale = jnp.split(self.final_adaln(jax.nn.silu(c)), 2, axis=-1)
+    x = modulate(self.final_norm(x), shift, scale)
+    u_x = unpatchify(self.video_head(x).astype(jnp.float32), patch, shape)
+    if not self.jam:
       return u_x, None
-    u_d = layers.dense(patch_dim, ("embed", "patch"), dtype=dtype, zero_init=True, name="motion_head")(x)
-    return u_x, unpatchify(u_d.astype(jnp.float32), patch, shape)
+    return u_x, unpatchify(self.motion_head(x).astype(jnp.float32), patch, shape)
 
 
-def caption_modules(model_config: ml_collections.ConfigDict, dtype: Any,
-                    ) -> tuple[nn.Module | None, nn.Module]:
-  """(text encoder or None for precomputed embeddings, projection to the DiT width).
+def build_model(model_config: ml_collections.ConfigDict, video_shape: VideoShape, *,
+                rngs: nnx.Rngs) -> VideoDiT:
+  """The DiT that `model_config` (config.model) describes, for clips of `video_shape`.
 
-  Built inside VideoDiT's compact __call__ they are its submodules `text_encoder`
-  and `text_proj`; built anywhere else they are unbound and `encode_text` applies
-  them to those parameter subtrees.
+  Parameters carry logical axis names: build it inside `ShardingPlan.active()`
+  (jax.set_mesh + the logical-axis rules), where NNX places each parameter.
   """
-  cfg = model_config.text
-  if cfg.source not in ("builtin", "precomputed"):
-    raise ValueError(f"model.text.source must be 'builtin' or 'precomputed', got {cfg.source!r}")
+  m, text = model_config, model_config.text
+  if text.source not in TEXT_SOURCES:
+    raise ValueError(f"model.text.source must be one of {TEXT_SOURCES}, got {text.source!r}")
+  dtype = jnp.dtype(m.dtype)
   encoder = None
-  if cfg.source == "builtin":
-    encoder = text_encoder.ByteTextEncoder(
-        cfg.max_length, cfg.width, cfg.depth, cfg.num_heads, dtype,
-        model_config.attention_impl, name="text_encoder")
-  projection = layers.dense(model_config.width, (None, "embed"), dtype=dtype, name="text_proj")
-  return encoder, projection
-
-
-def _encoder_output(model_config: ml_collections.ConfigDict, encoder: nn.Module | None,
-                    text: jnp.ndarray, text_mask: jnp.ndarray, dtype: Any) -> jnp.ndarray:
-  """Checks the caption input's shape and runs the encoder (or passes embeddings on)."""
-  cfg = model_config.text
-  if encoder is not None:
-    if text.ndim != 2:
-      raise ValueError(f"builtin text encoder expects token ids [B, L], got {text.shape}")
-    return encoder(text, text_mask)
-  if text.ndim != 3 or text.shape[-1] != cfg.embedding_dim:
-    raise ValueError(f"precomputed text embeddings must be [B, L, {cfg.embedding_dim}], "
-                     f"got {text.shape}")
-  return text.astype(dtype)
-
-
-def encode_text(model_config: ml_collections.ConfigDict, params: Any, text: jnp.ndarray,
-                text_mask: jnp.ndarray) -> jnp.ndarray:
-  """The caption tokens [B, L, width] the blocks attend to, as VideoDiT computes them.
-
-  Pass the result to VideoDiT as `encoded_text`: it does not depend on the noisy
-  clip or the time, so a sampler computes it once instead of at every step.
-  """
-  dtype = jnp.dtype(model_config.dtype)
-  encoder, projection = caption_modules(model_config, dtype)
-  if encoder is not None:
-    encoder = encoder.bind({"params": params["text_encoder"]})
-  encoded = _encoder_output(model_config, encoder, text, text_mask, dtype)
-  return projection.apply({"params": params["text_proj"]}, encoded)
-
-
-MOTION_INPUT_INITS = ("zeros", "xavier")
-
-
-def motion_input_init(model_config: ml_collections.ConfigDict) -> str:
-  """How W_in_m (the motion input rows) starts: 'zeros' (the paper's: the JAM model
-  computes what its base computes) or 'xavier' (from scratch: with the motion head
-  also at zero, zero rows make a saddle the motion stream leaves only slowly).
-  Run configs written before this option existed mean 'zeros'."""
-  return str(model_config.get("motion_input_init", "zeros"))
-
-
-def video_channels(config: ml_collections.ConfigDict) -> int:
-  """Channels of the model's input clips: 3 for RGB pixels, more for autoencoder latents."""
-  return int(config.data.get("channels", 3))
-
-
-def build_model(config: ml_collections.ConfigDict) -> VideoDiT:
-  """The model for a full run config (reads config.model and the clip size in config.data)."""
-  return VideoDiT(config.model, VideoShape(config.data.num_frames, config.data.height,
-                                           config.data.width, video_channels(config)))
-
-
-def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1) -> dict[str, jnp.ndarray]:
-  """Zero inputs of the right shapes, for init and ahead-of-time compilation."""
-  d = config.data
-  video = jnp.zeros((batch, d.num_frames, d.height, d.width, video_channels(config)), jnp.float32)
-  length = config.model.text.max_length
-  if config.model.text.source == "precomputed":
-    text = jnp.zeros((batch, length, config.model.text.embedding_dim), jnp.float32)
-  else:
-    text = jnp.zeros((batch, length), jnp.int32)
-  return dict(x_t=video, d_t=video if config.model.jam else None, t=jnp.zeros((batch,)),
-              text=text, text_mask=jnp.ones((batch, length), bool),
-              text_keep=jnp.ones((batch,), bool))
+  if text.source == "builtin":
+    encoder = text_encoder_lib.ByteTextEncoder(
+        max_length=text.max_length, width=text.width, depth=text.depth, num_heads=text.num_heads,
+        dtype=dtype, attention_impl=m.attention_impl, rngs=rngs)
+  return VideoDiT(
+      video_shape=video_shape, width=m.width, depth=m.depth, num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio, patch_size=tuple(m.patch_size), jam=bool(m.jam),
+      text_encoder=encoder, text_width=text.width if encoder else text.embedding_dim,
+      motion_input_init=str(m.get("motion_input_init", "zeros")), dtype=dtype,
+      remat_policy=m.remat_policy, attention_impl=m.attention_impl, rngs=rngs)

@@ -16,7 +16,7 @@ from videojam_jax.model import dit as model_lib
 def _shape(config: ml_collections.ConfigDict) -> dict[str, int]:
   m, d = config.model, config.data
   patch = tuple(int(p) for p in m.patch_size)
-  channels = model_lib.video_channels(config)
+  channels = model_lib.VideoShape.from_data_config(d).channels
   w = m.width
   streams = 2 if m.jam else 1            # VideoJAM: motion input rows and motion head
   patch_dim = int(np.prod(patch)) * channels

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 JAM_ONLY_PARAMS = ("motion_patch_embed", "motion_head")
 
@@ -21,11 +21,17 @@ class RetrofitError(ValueError):
 
 
 def is_jam(params: dict[str, Any]) -> bool:
+  """Whether a parameter tree (arrays or shapes) has VideoJAM's motion projections."""
   return all(name in params for name in JAM_ONLY_PARAMS)
 
 
+def base_params_like(jam_params_like: dict[str, Any]) -> dict[str, Any]:
+  """The part of a VideoJAM parameter tree that its base model has."""
+  return {k: v for k, v in jam_params_like.items() if k not in JAM_ONLY_PARAMS}
+
+
 def base_to_jam(base_params: dict[str, Any], jam_params_like: dict[str, Any]) -> dict[str, Any]:
-  """Base parameters + zero motion input rows + a motion head.
+  """Base parameters + zero motion input rows + a motion head (jnp; jit it to place them).
 
   `jam_params_like` (arrays or ShapeDtypeStructs) gives the target structure.
   The motion head starts as a copy of the video head: motion videos go through
@@ -34,37 +40,13 @@ def base_to_jam(base_params: dict[str, Any], jam_params_like: dict[str, Any]) ->
   """
   if is_jam(base_params):
     raise RetrofitError("checkpoint is already a VideoJAM model; load it directly")
-  jam_names = set(jam_params_like)
-  base_names = set(base_params)
-  if base_names != jam_names - set(JAM_ONLY_PARAMS):
+  expected = set(base_params_like(jam_params_like))
+  if set(base_params) != expected:
     raise RetrofitError(
-        f"base checkpoint does not match the model: missing {sorted(jam_names - set(JAM_ONLY_PARAMS) - base_names)}, "
-        f"unexpected {sorted(base_names - jam_names)}")
-  check_shapes(base_params, {k: jam_params_like[k] for k in base_names})
+        f"base checkpoint does not match the model: missing {sorted(expected - set(base_params))}, "
+        f"unexpected {sorted(set(base_params) - expected)}")
   params = dict(base_params)
   motion_embed = jam_params_like["motion_patch_embed"]["kernel"]
-  params["motion_patch_embed"] = {"kernel": np.zeros(motion_embed.shape, motion_embed.dtype)}
-  params["motion_head"] = jax.tree.map(np.array, base_params["video_head"])
+  params["motion_patch_embed"] = {"kernel": jnp.zeros(motion_embed.shape, motion_embed.dtype)}
+  params["motion_head"] = jax.tree.map(jnp.array, base_params["video_head"])
   return params
-
-
-def check_shapes(params: Any, params_like: Any) -> None:
-  """Raises RetrofitError naming every parameter whose shape differs."""
-  flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  flat_like = dict(jax.tree_util.tree_flatten_with_path(params_like)[0])
-  if flat.keys() != flat_like.keys():
-    raise RetrofitError(f"parameter trees differ: {sorted(map(jax.tree_util.keystr, flat.keys() ^ flat_like.keys()))[:10]}")
-  bad = [f"{jax.tree_util.keystr(k)}: {np.shape(flat[k])} vs {tuple(flat_like[k].shape)}"
-         for k in flat if tuple(np.shape(flat[k])) != tuple(flat_like[k].shape)]
-  if bad:
-    raise RetrofitError("checkpoint shapes do not fit the model config:\n  " + "\n  ".join(bad))
-
-
-def load_into(loaded: dict[str, Any], params_like: dict[str, Any], jam: bool) -> dict[str, Any]:
-  """Parameters for a model of structure `params_like`, from a base or JAM checkpoint."""
-  if jam and not is_jam(loaded):
-    return base_to_jam(loaded, params_like)
-  if not jam and is_jam(loaded):
-    raise RetrofitError("cannot load a VideoJAM checkpoint into a baseline model (model.jam=False)")
-  check_shapes(loaded, params_like)
-  return loaded

@@ -1,55 +1,61 @@
-"""Caption conditioning: a small built-in byte-level text encoder, or precomputed embeddings.
+"""Caption conditioning: a small built-in byte-level text encoder (Flax NNX).
 
-The built-in encoder reads UTF-8 bytes (no vocabulary file to download) through
-a few transformer layers and is trained with the DiT. Users with a real text
-encoder (T5, CLIP, ...) precompute its token embeddings and set
-`model.text.source = "precomputed"`; the model then only projects them.
+The built-in encoder reads UTF-8 bytes (no vocabulary file to download; tokens
+come from `videojam_jax.data.text`) through a few pre-LN transformer layers and is
+trained with the DiT. Users with a real text encoder (T5, CLIP, ...) precompute its
+token embeddings and set `model.text.source = "precomputed"`; the DiT then only
+projects them.
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
+import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import nnx
 
+from videojam_jax.data import text as text_lib
 from videojam_jax.model import layers
 
-PAD_ID = 0
-BOS_ID = 1
-BYTE_OFFSET = 2          # byte b is token b + 2
-VOCAB_SIZE = 256 + BYTE_OFFSET
+EMBEDDING_INIT_STDDEV = 0.02
 
 
-def tokenize(captions: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-  """Captions -> (token ids int32 [B, L], mask bool [B, L]); BOS first, truncated at L."""
-  ids = np.full((len(captions), max_length), PAD_ID, np.int32)
-  for i, caption in enumerate(captions):
-    data = caption.encode("utf-8")[: max_length - 1]
-    ids[i, 0] = BOS_ID
-    ids[i, 1:1 + len(data)] = np.frombuffer(data, np.uint8).astype(np.int32) + BYTE_OFFSET
-  return ids, ids != PAD_ID
+class TextLayer(nnx.Module):
+  """One pre-LN transformer layer: masked self-attention, then an MLP."""
+
+  def __init__(self, width: int, num_heads: int, *, dtype: jnp.dtype,
+               attention_impl: str | None, rngs: nnx.Rngs):
+    self.attn_norm = layers.LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.attn = layers.Attention(width, num_heads, dtype=dtype, attention_impl=attention_impl,
+                                 rngs=rngs)
+    self.mlp_norm = layers.LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.mlp = layers.Mlp(width, 4 * width, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    h = self.attn_norm(x)
+    x = x + self.attn(h, h, kv_mask=mask)
+    return x + self.mlp(self.mlp_norm(x))
 
 
-class ByteTextEncoder(nn.Module):
+class ByteTextEncoder(nnx.Module):
   """Byte embeddings + learned positions + pre-LN transformer layers -> [B, L, width]."""
-  max_length: int
-  width: int
-  depth: int
-  num_heads: int
-  dtype: jnp.dtype = jnp.float32
-  attention_impl: str | None = None
 
-  @nn.compact
-  def __call__(self, token_ids: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    embed = self.param("token_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), ("vocab", "embed")), (VOCAB_SIZE, self.width))
-    positions = self.param("position_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")), (self.max_length, self.width))
-    x = (jnp.take(embed, token_ids, axis=0) + positions[: token_ids.shape[1]]).astype(self.dtype)
-    for i in range(self.depth):
-      h = layers.LayerNorm(name=f"attn_norm_{i}", dtype=self.dtype)(x)
-      x = x + layers.Attention(self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl,
-                               name=f"attn_{i}")(h, h, kv_mask=mask)
-      h = layers.LayerNorm(name=f"mlp_norm_{i}", dtype=self.dtype)(x)
-      x = x + layers.Mlp(4 * self.width, dtype=self.dtype, name=f"mlp_{i}")(h)
-    return layers.LayerNorm(name="final_norm", dtype=self.dtype)(x)
+  def __init__(self, *, max_length: int, width: int, depth: int, num_heads: int,
+               dtype: jnp.dtype = jnp.float32, attention_impl: str | None = None,
+               rngs: nnx.Rngs):
+    init = nnx.initializers.normal(EMBEDDING_INIT_STDDEV)
+    self.token_embedding = nnx.Param(
+        nnx.with_partitioning(init, ("vocab", "embed"))(rngs.params(), (text_lib.VOCAB_SIZE, width)))
+    self.position_embedding = nnx.Param(
+        nnx.with_partitioning(init, (None, "embed"))(rngs.params(), (max_length, width)))
+    # Stacked like the DiT blocks (one compiled layer; no integer keys in checkpoints).
+    self.layers = layers.stacked(
+        lambda r: TextLayer(width, num_heads, dtype=dtype, attention_impl=attention_impl, rngs=r),
+        depth, rngs)
+    self.final_norm = layers.LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.dtype = dtype
+
+  def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    positions = self.position_embedding[...][: token_ids.shape[1]]
+    x = (jnp.take(self.token_embedding[...], token_ids, axis=0) + positions).astype(self.dtype)
+    x = layers.run_stacked(self.layers, x, lambda layer, h: layer(h, mask))
+    return self.final_norm(x)

@@ -1,24 +1,30 @@
 """The device mesh and the one table that maps logical axis names to mesh axes.
 
 Parameters and large activations carry *logical* axis names ("embed", "mlp",
-"heads", "activation_batch", ...). A rules table maps each logical name to
-mesh axes ("data", "fsdp", "tensor"); changing the parallelism of a run is a
-config change (mesh sizes + rules name), never a model change. This is the
-MaxText / MaxDiffusion habit.
+"heads", "activation_batch", ...). A rules table maps each logical name to mesh
+axes ("data", "fsdp", "tensor"); changing the parallelism of a run is a config
+change (mesh sizes + rules name), never a model change. This is the MaxText /
+MaxDiffusion habit.
+
+A `ShardingPlan` (mesh + rules) is built once per run and handed to whatever
+places arrays. `plan.active()` puts both in scope the way Flax NNX expects them:
+`jax.set_mesh(mesh)` and `nnx.logical_axis_rules(rules)`. Inside it, NNX places
+every parameter it creates by its logical names, and `constrain` lays out
+activations; outside it (no mesh), `constrain` is a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import mesh_utils
+from flax import nnx
+from flax.core import spmd as flax_spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -88,80 +94,91 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict
 
 def create_mesh(mesh_config: ml_collections.ConfigDict,
                 devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A Mesh with axes (data, fsdp, tensor) over `devices` (default: all)."""
+  """A Mesh with axes (data, fsdp, tensor) over `devices` (default: all).
+
+  jax.make_mesh orders the devices for the physical topology. The axes are Auto
+  (GSPMD propagation from our constraints), not Explicit sharding-in-types.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(mesh_config, len(devices))
-  shape = tuple(sizes[a] for a in MESH_AXES)
-  try:
-    device_array = mesh_utils.create_device_mesh(shape, devices)
-  except (AssertionError, NotImplementedError, ValueError):
-    # Fake CPU devices and AOT topologies have no physical layout to optimise for.
-    device_array = np.asarray(devices).reshape(shape)
-  return Mesh(device_array, MESH_AXES)
+  return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
 
 
-def batch_axis_size(mesh: Mesh, rules: LogicalRules) -> int:
-  """How many ways the global batch is split by `rules` on `mesh`."""
-  spec = nn.logical_to_mesh_axes(("activation_batch",), rules)[0]
-  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-  return int(np.prod([mesh.shape[a] for a in axes]))
+def logical_to_spec(logical_axes: Sequence[str | None], rules: LogicalRules) -> P:
+  """The PartitionSpec for an array whose dimensions have these logical names.
 
-
-def check_batch_divisible(global_batch: int, mesh: Mesh, rules: LogicalRules) -> None:
-  """Clear error when the batch cannot be split evenly over the mesh and hosts."""
-  ways = batch_axis_size(mesh, rules)
-  if global_batch % ways:
-    raise MeshConfigError(
-        f"train.batch_size={global_batch} cannot be split over the {ways} batch "
-        f"shards of mesh {dict(mesh.shape)}; use a multiple of {ways}")
-  if global_batch % jax.process_count():
-    raise MeshConfigError(
-        f"train.batch_size={global_batch} is not divisible by the "
-        f"{jax.process_count()} processes")
-
-
-def logical_sharding(mesh: Mesh, rules: LogicalRules, *logical_axes: str | None) -> NamedSharding:
-  """NamedSharding for an array whose dimensions have these logical names."""
-  return NamedSharding(mesh, nn.logical_to_mesh_axes(logical_axes, rules))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def tree_shardings(mesh: Mesh, rules: LogicalRules, abstract_tree: Any) -> Any:
-  """Shardings for a tree of (possibly nn.Partitioned-boxed) abstract arrays.
-
-  Leaves boxed with logical names get their mapped sharding; unboxed leaves
-  (step counters, optimizer scalars) are replicated.
+  Unlike Flax's rule lookup (which passes unknown names through as mesh axes),
+  a name the table does not know is an error here: it is always a typo.
   """
-  specs = nn.get_partition_spec(abstract_tree)
-  mesh_specs = nn.logical_to_mesh(specs, rules)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs,
-                      is_leaf=lambda x: isinstance(x, P))
-
-
-# The mesh that activation constraints refer to while model code is traced. Kept
-# in our own context variable rather than jax.set_mesh: with a global mesh, Flax
-# also re-constrains every boxed parameter inside nn.scan, where the stacked
-# 'layers' axis is already sliced off, which fails.
-_TRACE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("mesh", default=None)
-
-
-@contextlib.contextmanager
-def mesh_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
-  """Mesh + logical-axis rules in scope: needed while tracing sharded model code."""
-  token = _TRACE_MESH.set(mesh)
-  try:
-    with nn.logical_axis_rules(rules):
-      yield
-  finally:
-    _TRACE_MESH.reset(token)
+  table = dict(rules)
+  unknown = [a for a in logical_axes if a is not None and a not in table]
+  if unknown:
+    raise MeshConfigError(f"logical axes {unknown} have no rule; the table knows {sorted(table)}")
+  return P(*(None if a is None else table[a] for a in logical_axes))
 
 
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
-  """Constrains an activation's layout by logical names (no-op outside mesh_context)."""
-  mesh = _TRACE_MESH.get()
-  if mesh is None:
+  """Constrains an activation's layout by logical names (a no-op outside `plan.active()`)."""
+  if jax.sharding.get_abstract_mesh().empty:
     return x
-  return nn.with_logical_constraint(x, logical_axes, mesh=mesh)
+  return jax.lax.with_sharding_constraint(
+      x, logical_to_spec(logical_axes, flax_spmd.get_logical_axis_rules()))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingPlan:
+  """A run's mesh and its logical-axis rules: built once, handed to everything that
+  places arrays (state init, the train step, samplers, checkpoint restores)."""
+  mesh: Mesh
+  rules: LogicalRules
+
+  @classmethod
+  def from_config(cls, mesh_config: ml_collections.ConfigDict,
+                  devices: Sequence[jax.Device] | None = None) -> "ShardingPlan":
+    """config.mesh: axis sizes and the rules table's name."""
+    return cls(create_mesh(mesh_config, devices), get_rules(mesh_config.get("rules", "default")))
+
+  @contextlib.contextmanager
+  def active(self) -> Iterator[None]:
+    """The mesh and rules in scope, as Flax NNX and `constrain` look them up."""
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      yield
+
+  def sharding(self, *logical_axes: str | None) -> NamedSharding:
+    """NamedSharding for an array whose dimensions have these logical names."""
+    return NamedSharding(self.mesh, logical_to_spec(logical_axes, self.rules))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def batch_sharding(self, ndim: int) -> NamedSharding:
+    """Split on the leading (batch) axis, the rest replicated."""
+    return self.sharding("activation_batch", *([None] * (ndim - 1)))
+
+  def tree_shardings(self, abstract_state: Any) -> Any:
+    """NamedShardings for an nnx.State (or pytree of Variables) by their logical names.
+
+    Leaves without names (step counters, optimizer scalars) are replicated.
+    """
+    with self.active():
+      return nnx.get_named_sharding(abstract_state, self.mesh)
+
+  @property
+  def batch_ways(self) -> int:
+    """How many ways the global batch is split."""
+    spec = logical_to_spec(("activation_batch",), self.rules)[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+  def check_batch_divisible(self, global_batch: int, what: str = "train.batch_size") -> None:
+    """Clear error when the batch cannot be split evenly over the mesh and hosts."""
+    ways = self.batch_ways
+    if global_batch % ways:
+      raise MeshConfigError(
+          f"{what}={global_batch} cannot be split over the {ways} batch "
+          f"shards of mesh {dict(self.mesh.shape)}; use a multiple of {ways}")
+    if global_batch % jax.process_count():
+      raise MeshConfigError(
+          f"{what}={global_batch} is not divisible by the {jax.process_count()} processes")

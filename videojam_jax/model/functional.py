@@ -1,0 +1,81 @@
+"""A model in Flax NNX's functional style: split once, then pure functions of the params.
+
+`nnx.split` separates a module into its static graph definition and its state.
+Everything that runs under `jax.jit` (the train step, the sampler, evaluators)
+takes the parameters as a plain pytree (nested dicts of arrays: what Orbax and
+optax work on) and rebuilds the module inside the traced function with
+`nnx.merge`. The merge costs only trace time, so small models run as fast as
+hand-written JAX; nothing NNX-specific crosses a jit boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from videojam_jax.model import dit
+from videojam_jax.parallel import sharding
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalModel:
+  """A VideoDiT as (graph definition, abstract params) on a sharding plan.
+
+  abstract_params: jax.ShapeDtypeStruct leaves, each with the NamedSharding its
+  logical axis names map to on `plan`: a restore or an init can place arrays
+  straight there.
+  """
+  graphdef: nnx.GraphDef
+  abstract_params: Params
+  video_shape: dit.VideoShape
+  jam: bool
+  plan: sharding.ShardingPlan
+  _create: Callable[[nnx.Rngs], dit.VideoDiT] = dataclasses.field(repr=False)
+
+  @property
+  def shardings(self) -> Params:
+    """The NamedSharding of every parameter."""
+    return jax.tree.map(lambda a: a.sharding, self.abstract_params)
+
+  def module(self, params: Params) -> dit.VideoDiT:
+    """The module with these parameters (call inside a traced function)."""
+    return nnx.merge(self.graphdef, params)
+
+  def apply(self, params: Params, *args: Any, **kwargs: Any) -> tuple[jax.Array, jax.Array | None]:
+    """VideoDiT.__call__ with these parameters: (u_x, u_d)."""
+    return self.module(params)(*args, **kwargs)
+
+  def encode_text(self, params: Params, text: jax.Array, text_mask: jax.Array) -> jax.Array:
+    """VideoDiT.encode_text with these parameters: the caption tokens the blocks attend to."""
+    return self.module(params).encode_text(text, text_mask)
+
+  def init(self, key: jax.Array) -> Params:
+    """Freshly initialised parameters, created directly in their shardings (jit with
+    out_shardings: no host ever holds the whole model)."""
+    def create(key: jax.Array) -> Params:
+      return nnx.to_pure_dict(nnx.state(self._create(nnx.Rngs(params=key))))
+    with self.plan.active():
+      return jax.jit(create, out_shardings=self.shardings)(key)
+
+
+def build(model_config: ml_collections.ConfigDict, video_shape: dit.VideoShape,
+          plan: sharding.ShardingPlan) -> FunctionalModel:
+  """Builds the DiT of `model_config` abstractly (nothing allocated) and splits it once."""
+  def create(rngs: nnx.Rngs) -> dit.VideoDiT:
+    return dit.build_model(model_config, video_shape, rngs=rngs)
+  with plan.active():
+    abstract = nnx.eval_shape(lambda: create(nnx.Rngs(params=0)))
+  graphdef, state = nnx.split(abstract)
+  shardings = nnx.to_pure_dict(plan.tree_shardings(state))
+  abstract_params = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      nnx.to_pure_dict(state), shardings)
+  return FunctionalModel(graphdef, abstract_params, video_shape, bool(model_config.jam), plan,
+                         create)

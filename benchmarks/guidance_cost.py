@@ -29,16 +29,13 @@ import time
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import numpy as np
 from ml_collections import config_flags
 
 from videojam_jax.model import flops as flops_lib
-from videojam_jax.model import dit as model_lib
 from videojam_jax.sampling import sampler as sampler_lib
-from videojam_jax.sampling import samples
-from videojam_jax.parallel import sharding
+from videojam_jax.training import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Model config file.")
 _BATCH = flags.DEFINE_integer("batch", 4, "Clips per sample call.")
@@ -51,21 +48,21 @@ MODES = (("none", "none", True, 1), ("cfg", "cfg", True, 2),
 REFERENCE = "cfg"
 
 
-def random_params(config) -> dict:
-  """Random weights for `config`'s model; the zero-initialised heads are perturbed too,
-  so the clips are not trivially zero (the cost does not depend on the values)."""
-  model = model_lib.build_model(config)
-  params = jax.jit(lambda rng: nn.unbox(model.init(rng, **model_lib.dummy_inputs(config))["params"]))(
-      jax.random.key(0))
+def random_params(exp: experiment.Experiment) -> dict:
+  """Random weights for the experiment's model; the zero-initialised heads are perturbed
+  too, so the clips are not trivially zero (the cost does not depend on the values)."""
+  params = exp.model.init(jax.random.key(0))
   rng = np.random.default_rng(0)
-  return jax.tree.map(lambda a: a + 0.02 * rng.standard_normal(a.shape).astype(a.dtype), params)
+  noise = jax.tree.map(lambda a: (0.02 * rng.standard_normal(a.shape)).astype(a.dtype), params)
+  return jax.tree.map(lambda a, n: a + jax.device_put(n, a.sharding), params, noise)
 
 
-def compile_mode(config, mesh, params, ids, mask, guidance: str, batched: bool,
+def compile_mode(exp: experiment.Experiment, params, ids, mask, guidance: str, batched: bool,
                  num_steps: int) -> tuple:
-  """(sample function, seconds for its compile + first call)."""
-  settings = sampler_lib.SamplerSettings(num_steps=num_steps, guidance=guidance, batched=batched)
-  sample = sampler_lib.make_sampler(config, mesh, settings)
+  """(sampler, seconds for its compile + first call)."""
+  settings = sampler_lib.settings_from_config(exp.config.sample, num_steps=num_steps,
+                                              guidance=guidance, batched=batched)
+  sample = sampler_lib.Sampler(exp.model, settings)
   start = time.perf_counter()
   jax.block_until_ready(sample(params, ids, mask, jax.random.key(0)))
   return sample, time.perf_counter() - start
@@ -88,10 +85,10 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   config.model.jam = True  # every mode, Inner-Guidance included, on the same model
-  mesh = sharding.create_mesh(config.mesh)
-  params = random_params(config)
+  exp = experiment.build(config)
+  params = random_params(exp)
   captions = [f"a red circle moving right, clip {i}" for i in range(_BATCH.value)]
-  ids, mask = samples.prompt_batch(config, captions)   # trimmed as evaluate and train sample them
+  ids, mask = exp.captions(captions, trim=True)   # trimmed as evaluate and train sample them
   d, m = config.data, config.model
   print(f"model width {m.width} depth {m.depth} {m.dtype}, clips {d.num_frames}x{d.height}x{d.width}, "
         f"patch {tuple(m.patch_size)}, text {ids.shape[1]} of {m.text.max_length} tokens; batch {_BATCH.value}, "
@@ -100,7 +97,7 @@ def main(argv) -> None:
   samplers, compile_seconds = {}, {}
   for label, guidance, batched, _ in MODES:
     samplers[label], compile_seconds[label] = compile_mode(
-        config, mesh, params, ids, mask, guidance, batched, _NUM_STEPS.value)
+        exp, params, ids, mask, guidance, batched, _NUM_STEPS.value)
   times = time_modes(samplers, params, ids, mask, _REPEATS.value)
   per_step = {label: statistics.median(t) / _NUM_STEPS.value for label, t in times.items()}
   spread = {label: (min(t) / _NUM_STEPS.value, max(t) / _NUM_STEPS.value) for label, t in times.items()}

@@ -60,5 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 50_000
   config.train.log_every = 100
   config.train.checkpoint_every = 1000
-  config.train.sample_every = 5000
+  config.evals.heldout.every_steps = 1000
+  config.evals.samples.every_steps = 5000
   return config

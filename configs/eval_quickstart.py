@@ -12,6 +12,8 @@ Running again with the same workdir skips the settings it already finished.
 
 import ml_collections
 
+from configs import sampling
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -31,15 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seeds = (0, 1)                  # every prompt is sampled once per seed
   config.batch_size = 8                  # clips per sampler call (a multiple of the batch shards)
 
-  # --- Sampler settings not swept (sampler.SamplerSettings fields).
-  config.sample = ml_collections.ConfigDict()
-  config.sample.num_steps = 25
-  config.sample.solver = "euler"         # euler | heun
-  config.sample.time_shift = 1.0
-  config.sample.guidance = "inner"       # none | cfg | inner
-  config.sample.text_scale = 5.0         # w1
-  config.sample.motion_scale = 3.0       # w2
-  config.sample.inner_guidance_until = 1.0
+  # --- Sampler settings not swept (configs/sampling.py: sampler.SamplerSettings fields).
+  config.sample = sampling.get_config()
 
   # --- The sweep: field -> values; every combination is sampled for every model.
   # An empty tuple keeps config.sample's value. Settings a model cannot use
@@ -54,10 +49,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.sweep.time_shift = ()
   config.sweep.inner_guidance_until = ()
 
+  # --- Each model's held-out flow-matching loss at fixed times (the trainer's heldout_loss
+  # evaluator, videojam_jax/evaluation/evaluators/heldout_loss.py); num_clips=0 skips it.
+  config.heldout = ml_collections.ConfigDict(dict(
+      split="validation", num_clips=32, batch_size=8, times=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0))
+
   # --- Metrics (videojam_jax/evaluation/motion_metrics.py) and the page.
   config.metrics = ml_collections.ConfigDict()
   config.metrics.dis_preset = "medium"   # OpenCV DIS flow preset: ultrafast | fast | medium
-  config.metrics.fps = 0.0               # frame rate for dynamic_degree and videos; 0 = the model's sample.fps
+  config.metrics.fps = 0.0               # frame rate for dynamic_degree and videos; 0 = the run's evals.samples.fps
   config.report = ml_collections.ConfigDict()
   config.report.title = "VideoJAM quickstart: baseline vs VideoJAM, CFG vs Inner-Guidance"
   config.report.min_side = 128           # clips are upscaled (nearest) to at least this many pixels

@@ -6,6 +6,8 @@
 
 import ml_collections
 
+from configs import sampling
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -101,21 +103,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 25
   config.train.checkpoint_every = 200
   config.train.max_checkpoints_to_keep = 2
-  config.train.sample_every = 400
+  # TensorBoard writer: "auto" (clu's TensorFlow writer when TensorFlow is installed,
+  # else tensorboardX) | "clu" | "tensorboardx".
+  config.train.metric_writer = "auto"
+  # jax.profiler trace of these steps (first to last), in workdir/profile; () = off.
+  config.train.profile_steps = ()
   # A workdir (or its checkpoints/ folder) of a base (non-JAM) or JAM run to start
   # from; a base checkpoint is retrofitted to VideoJAM (retrofit.py).
   config.train.init_from = ""
   config.train.init_from_weights = "ema"  # ema | params
 
-  # --- Sampling (for periodic samples and evaluation).
-  config.sample = ml_collections.ConfigDict()
-  config.sample.num_samples = 4
-  config.sample.num_steps = 25
-  config.sample.solver = "euler"        # euler | heun
-  config.sample.time_shift = 1.0        # >1 spends more steps near noise
-  config.sample.guidance = "inner"      # none | cfg | inner
-  config.sample.text_scale = 5.0        # w1
-  config.sample.motion_scale = 3.0      # w2
-  config.sample.inner_guidance_until = 1.0  # apply Inner-Guidance for t < this; CFG after
-  config.sample.fps = 8
+  # --- Sampler settings (configs/sampling.py), used by the samples evaluator.
+  config.sample = sampling.get_config()
+
+  # --- Evaluators run by the trainer (videojam_jax/evaluation/evaluators/): one block
+  # each, `type` picks the evaluator; every_steps > 0 runs it at its multiples and at
+  # the end (0: off); weights: "ema" | "params". Results go to TensorBoard as <block>/<name>.
+  config.evals = ml_collections.ConfigDict()
+  # Flow-matching loss of the first num_clips eval clips at fixed times, with fixed
+  # noise per clip: comparable across steps and runs.
+  config.evals.heldout = ml_collections.ConfigDict(dict(
+      type="heldout_loss", every_steps=50, weights="ema", split="validation",
+      num_clips=32, batch_size=8, times=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0))
+  # Clips for the first num_prompts eval captions (once per seed), written as MP4s
+  # (video | the model's motion) to workdir/samples/step_*/, scored by motion metrics.
+  config.evals.samples = ml_collections.ConfigDict(dict(
+      type="samples", every_steps=400, weights="ema", split="validation", num_prompts=4,
+      seeds=(0,), batch_size=8, write_videos=True, metrics=True, dis_preset="medium",
+      fps=8.0, min_side=128))
   return config

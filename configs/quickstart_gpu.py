@@ -27,5 +27,6 @@ def get_config():
   config.train.num_steps = 4000
   config.train.log_every = 100
   config.train.checkpoint_every = 1000
-  config.train.sample_every = 1000
+  config.evals.heldout.every_steps = 200
+  config.evals.samples.every_steps = 1000
   return config

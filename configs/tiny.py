@@ -25,8 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 12
   config.train.log_every = 1
   config.train.checkpoint_every = 3
-  config.train.sample_every = 1000
   config.optim.warmup_steps = 2
-  config.sample.num_samples = 2
   config.sample.num_steps = 2
+  # Evaluators off by default at this size (tests turn them on with every_steps=N).
+  config.evals.heldout.every_steps = 0
+  config.evals.heldout.num_clips = 4
+  config.evals.heldout.batch_size = 4
+  config.evals.heldout.times = (0.3, 0.7)
+  config.evals.samples.every_steps = 0
+  config.evals.samples.num_prompts = 2
+  config.evals.samples.batch_size = 2
   return config

@@ -36,12 +36,13 @@ import ml_collections
 import numpy as np
 
 from configs import tiny
+from videojam_jax.data import pipeline
+from videojam_jax.data import text as text_lib
+from videojam_jax.model import dit
+from videojam_jax.training import experiment
 from videojam_jax.training import flow_matching
-from videojam_jax.data import pipeline as input_pipeline
-from videojam_jax.model import dit as model_lib
-from videojam_jax.parallel import sharding
-from videojam_jax.training import state as train_state
-from videojam_jax.training import step as train_step
+from videojam_jax.training import state as state_lib
+from videojam_jax.training import step as step_lib
 
 MESHES = {"data8": (8, 1, 1), "fsdp8": (1, 8, 1), "fsdp2_tensor2": (2, 2, 2)}
 
@@ -68,7 +69,9 @@ def check_config(mesh: tuple[int, int, int] = (1, 1, 1), **overrides: Any) -> ml
 def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
   """A global batch of random clips in [-1, 1] and random byte captions."""
   rng = np.random.default_rng(seed)
-  spec = input_pipeline.batch_spec(config)
+  spec = pipeline.batch_spec(dit.VideoShape.from_data_config(config.data),
+                             text_lib.CaptionInputs(config.model.text, None),
+                             config.train.batch_size)
   batch = {k: rng.uniform(-1, 1, v.shape).astype(v.dtype) for k, v in spec.items()
            if k in ("video", "motion")}
   if config.model.text.source == "precomputed":
@@ -84,28 +87,35 @@ def devices_for(mesh: tuple[int, int, int]) -> list[jax.Device]:
   return jax.devices()[: int(np.prod(mesh))]
 
 
+def build(config: ml_collections.ConfigDict):
+  """(experiment on config.mesh's devices, optimiser, abstract state)."""
+  mesh_shape = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+  exp = experiment.build(config, devices=devices_for(mesh_shape), load_captions=False)
+  exp.plan.check_batch_divisible(config.train.batch_size)
+  tx = state_lib.create_optimizer(config.optim, config.train.num_steps)
+  return exp, tx, state_lib.abstract_state(exp.model, tx)
+
+
 def one_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray], initial: Any = None):
   """One train step on config.mesh: (initial state on host, new state, metrics, StableHLO text).
 
   `initial` (a host copy of a state) is placed with this mesh's shardings; without
-  it the state is created by `train_state.create_train_state` on the mesh.
+  it the state is created by `state.init_state` on the mesh.
   """
-  mesh_shape = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-  mesh = sharding.create_mesh(config.mesh, devices=devices_for(mesh_shape))
-  rules = sharding.get_rules(config.mesh.rules)
-  sharding.check_batch_divisible(config.train.batch_size, mesh, rules)
-  tx = train_state.create_optimizer(config)
+  exp, tx, abstract = build(config)
+  shardings = state_lib.shardings(abstract)
   if initial is None:
-    state, shardings = train_state.create_train_state(config, mesh, tx)
+    state = state_lib.init_state(exp.model, tx, jax.random.key(config.seed))
     initial = jax.device_get(state)
   else:
-    _, shardings = train_state.abstract_state_and_shardings(config, mesh, tx)
     state = jax.device_put(initial, shardings)
-  step = train_step.make_train_step(config, mesh, tx, shardings, input_pipeline.batch_spec(config))
-  global_batch = input_pipeline.make_global_batch(batch, step.in_batch_shardings)
-  # Lower once (tracing a Flax model is slow) and run exactly what was compiled.
-  with sharding.mesh_context(mesh, rules):
-    lowered = step.jitted.lower(state, global_batch)
+  step = step_lib.TrainStep(
+      exp.model, tx, loss_config=config.loss, ema_decay=config.optim.ema_decay,
+      grad_accum_steps=config.optim.grad_accum_steps, seed=config.seed, state_shardings=shardings,
+      batch_spec=pipeline.batch_spec(exp.video_shape, exp.captions, config.train.batch_size))
+  global_batch = pipeline.make_global_batch(batch, step.batch_shardings)
+  # Lower once and run exactly what was compiled.
+  lowered = step.lower(state, global_batch)
   new_state, metrics = lowered.compile()(state, global_batch)
   return initial, new_state, jax.device_get(metrics), lowered.as_text()
 
@@ -162,8 +172,8 @@ def check_grad_accum(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], Any]
   config = check_config((2, 2, 2), **{"optim.grad_accum_steps": 2})
   initial, state, metrics, _ = one_step(config, batch)
 
-  model = model_lib.build_model(config)
-  apply_fn = lambda p, *args: model.apply({"params": p}, *args)
+  exp, tx, _ = build(config)
+  apply_fn = exp.model.apply
   rng = jax.random.fold_in(jax.random.key(config.seed), 0)
   half = config.train.batch_size // 2
   micro = [jax.tree.map(lambda x: x[i * half:(i + 1) * half], batch) for i in range(2)]
@@ -173,8 +183,8 @@ def check_grad_accum(batch: dict[str, np.ndarray]) -> tuple[dict[str, Any], Any]
                                        config.loss, True)[0] for i in range(2)]
     return jnp.mean(jnp.stack(losses))
 
-  loss, grads = jax.jit(jax.value_and_grad(big_batch_loss))(initial.params)
-  tx = train_state.create_optimizer(config)
+  with exp.plan.active():
+    loss, grads = jax.jit(jax.value_and_grad(big_batch_loss))(initial.params)
   updates, _ = tx.update(grads, initial.opt_state, initial.params)
   ref_params = jax.tree.map(jnp.add, initial.params, updates)
   return {"loss": float(metrics["loss"]), "reference_loss": float(loss),

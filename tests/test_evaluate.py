@@ -1,8 +1,7 @@
 """End to end: train a tiny VideoJAM model and a tiny baseline, evaluate a sweep, resume it.
 
 The training runs in a subprocess that starts when collection ends (it
-compiles while other tests run; the trainer imports TensorFlow through clu,
-which must stay out of this process), with cheap XLA backend options. The
+compiles while other tests run), with cheap XLA backend options. The
 first evaluation goes through the real command; the rerun is in-process and
 must sample nothing.
 """
@@ -72,7 +71,8 @@ def eval_overrides(root):
           "weights": "params", "prompts.num_prompts": 2, "seeds": (0,), "batch_size": 2,
           "sample.num_steps": 2, "sweep.guidance": ("cfg", "inner"),
           "sweep.motion_scale": (1.0, 3.0), "metrics.dis_preset": "ultrafast",
-          "report.min_side": 32, "compilation_cache_dir": ""}
+          "report.min_side": 32, "compilation_cache_dir": "",
+          "heldout.num_clips": 4, "heldout.batch_size": 2, "heldout.times": (0.3, 0.7)}
 
 
 def _mtimes(root):
@@ -117,6 +117,15 @@ def test_evaluate_writes_tables_plots_page_and_resumes(eval_models, tmp_path):
       keys = [k for k in keys if not k.startswith("motion_epe")]
     assert all(math.isfinite(record[k]) for k in keys), record
 
+  # Each model's held-out loss (the trainer's heldout_loss evaluator), the same in all its rows.
+  heldout = {}
+  for record in records:
+    value = (record["heldout/video_loss"], record["heldout/video_loss_t0.3"])
+    assert all(math.isfinite(v) for v in value)
+    assert heldout.setdefault(record["model"], value) == value
+    assert ("heldout/motion_loss" in record) == (record["model"] == "videojam")
+  assert heldout["videojam"] != heldout["baseline"]
+
   # Guidance changes the clips (the trained heads are not zero).
   by_setting = {(r["model"], r["guidance"], r["motion_scale"]): r for r in records}
   assert (by_setting[("videojam", "cfg", 0.0)]["motion_epe_mean"]
@@ -146,32 +155,36 @@ def test_evaluate_writes_tables_plots_page_and_resumes(eval_models, tmp_path):
     assert list(csv.DictReader(f)) == rows
 
 
-def test_sample_clips_batches_pads_and_pairs_noise():
+def test_generate_clips_batches_pads_and_pairs_noise():
   """Prompts go in fixed-size batches (last one padded); noise depends on (seed, batch) only."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from videojam_jax.evaluation import runner as evaluation  # pylint: disable=g-import-not-at-top
+  from videojam_jax.data import text as text_lib  # pylint: disable=g-import-not-at-top
+  from videojam_jax.evaluation.evaluators import samples  # pylint: disable=g-import-not-at-top
 
   calls = []
 
-  def fake_sample(params, ids, mask, rng):
-    del params, mask
+  def fake_sample(params, ids, mask, rng, *, text_scale=None, motion_scale=None):
+    del params, mask, text_scale, motion_scale
     calls.append((ids.shape[0], np.asarray(jax.random.key_data(rng)).tobytes()))
     # Frame value = the caption's first byte (token 1, after BOS), so each clip names its prompt.
     video = np.broadcast_to(((ids[:, 1] - 2) / 127.5 - 1.0)[:, None, None, None, None], (len(ids), 2, 4, 4, 3))
     return video, None
 
-  config = tiny_config()
+  captions = text_lib.CaptionInputs(tiny_config().model.text)
   prompts = ["a ball", "b box", "c cone"]
-  clips = evaluation.sample_clips(fake_sample, None, config, prompts, (0, 1), batch_size=2)
-  assert [(i, seed) for i, seed, _, _ in clips] == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+  generate = lambda seeds: samples.generate_clips(fake_sample, None, captions, prompts, seeds, 2)
+  clips = generate((0, 1))
+  assert [(c.prompt_index, c.seed) for c in clips] == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
   assert [size for size, _ in calls] == [2, 2, 2, 2]  # one compiled shape
-  for i, _, video, motion in clips:
-    assert motion is None and video.dtype == np.uint8 and abs(int(video[0, 0, 0, 0]) - ord(prompts[i][0])) <= 1
+  for c in clips:
+    assert c.motion is None and c.video.dtype == np.uint8
+    assert abs(int(c.video[0, 0, 0, 0]) - ord(prompts[c.prompt_index][0])) <= 1
+    assert c.prompt == prompts[c.prompt_index]
   assert len({key for _, key in calls}) == 4  # every (seed, batch) draws its own noise
   calls.clear()
-  evaluation.sample_clips(fake_sample, None, config, prompts, (1,), batch_size=2)
+  generate((1,))
   again = [key for _, key in calls]
   calls.clear()
-  evaluation.sample_clips(fake_sample, None, config, prompts, (0, 1), batch_size=2)
+  generate((0, 1))
   assert [key for _, key in calls][2:] == again  # seed 1 gets the same noise whatever else runs

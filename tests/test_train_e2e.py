@@ -12,12 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import tiny
 from data_pipelines import build_synthetic
 from videojam_jax.training import checkpoints
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO
 STEP_LINE = re.compile(r"\[(\d+)\] train/.*train/loss=")
 
 
@@ -46,7 +47,7 @@ def env():
   # Every run here compiles the same programs (same shapes and num_steps): cache
   # them all, and skip XLA's slow optimisations, which cost more than they save
   # on models this small.
-  e = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+  e = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
            XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -67,7 +68,7 @@ def logged_losses(log):
 
 def test_quickstart_trains_writes_outputs_and_resumes(tmp_path, common_args):
   workdir = tmp_path / "run"
-  log = run_train(workdir, common_args, "--config.train.sample_every=12")
+  log = run_train(workdir, common_args, "--config.evals.samples.every_steps=12")
   losses = logged_losses(log)
   assert sorted(losses) == list(range(1, 13))
   assert all(np.isfinite(list(losses.values())))
@@ -122,11 +123,46 @@ def test_sigterm_then_restart_matches_uninterrupted_run(tmp_path, common_args):
       np.testing.assert_allclose(flat_got[k], flat_want[k], rtol=1e-6, atol=1e-7, err_msg=f"{which}:{k}")
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = np.asarray(v)
-  return out
+def _flatten(tree):
+  """{'blocks/mlp/fc1/kernel': array, ...}"""
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+# Runs a module as `python -m` would, with TensorFlow impossible to import (the
+# finder reports no spec for it: TFDS and etils then take their TensorFlow-free paths).
+WITHOUT_TENSORFLOW = """
+import atexit, importlib.machinery, runpy, sys
+
+class _HideTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.partition(".")[0] == "tensorflow":
+      return None
+    return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
+                    for f in sys.meta_path]
+atexit.register(lambda: print("TENSORFLOW_MODULES",
+                              [m for m in sys.modules if m.partition(".")[0] == "tensorflow"]))
+sys.argv = [sys.argv[0]] + sys.argv[1:]
+runpy.run_module("videojam_jax.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_trains_and_writes_tensorboard_events_without_tensorflow(tmp_path, common_args):
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  argv = train_command(workdir, common_args, "--config.train.num_steps=3",
+                       "--config.evals.samples.every_steps=3")[3:]   # drop python -m module
+  result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "TENSORFLOW_MODULES []" in result.stdout
+  assert "TensorFlow is not available" in result.stderr and "tensorboardX" in result.stderr
+  (events,) = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
+  acc = plugin_event_accumulator.EventAccumulator(str(workdir / events))
+  acc.Reload()
+  tags = set(acc.Tags()["tensors"])
+  assert {"train/loss", "train/motion_loss", "samples/warping_error"} <= tags
+  assert [e.step for e in acc.Tensors("train/loss")] == [1, 2, 3]
+  assert sorted(os.listdir(workdir / "samples" / "step_000003"))[0] == "captions.txt"

@@ -6,17 +6,15 @@ r"""Trains a VideoJAM (or baseline) video DiT.
 Running again with the same workdir resumes from its latest checkpoint.
 """
 
-import os
 import re
 import sys
 
-import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
-from videojam_jax.training import loop as trainer
+from videojam_jax.parallel import runtime
+from videojam_jax.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
@@ -26,15 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Not jax.process_count() here: it starts the backend, after which
-  # jax.distributed.initialize() raises.
-  if _is_multihost_env() and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
   config = _CONFIG.value
-  if config.get("compilation_cache_dir"):
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
-  logging.info("JAX %s, %d devices (%s)", jax.__version__, jax.device_count(), jax.default_backend())
-  trainer.train_and_evaluate(config, _WORKDIR.value)
+  runtime.initialize(config)
+  loop.train_and_evaluate(config, _WORKDIR.value)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -60,19 +52,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
                      f"{key.group(1)!r}; overrides can only set fields that the config file "
                      f"defines.{hint}\n")
     sys.exit(1)
-
-
-def _is_multihost_env() -> bool:
-  """True on a multi-host TPU slice or when a coordinator is given explicitly.
-
-  The launch/ scripts set VIDEOJAM_DISTRIBUTED=1 on every host: a TPU VM's
-  environment does not say that it is one of several (JAX finds its peers
-  through the TPU metadata once asked to).
-  """
-  return bool(os.environ.get("VIDEOJAM_DISTRIBUTED") == "1" or
-              os.environ.get("JAX_COORDINATOR_ADDRESS") or
-              int(os.environ.get("TPU_WORKER_COUNT", "1") or 1) > 1 or
-              os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
 
 
 if __name__ == "__main__":

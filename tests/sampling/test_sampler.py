@@ -7,14 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import sampling
 from tests.conftest import CAPTIONS
 from tests.conftest import FAST_COMPILE
-from videojam_jax.model import dit as model_lib
+from videojam_jax.data import text as text_lib
 from videojam_jax.sampling import sampler as sampler_lib
-from videojam_jax.parallel import sharding
-from videojam_jax.model import text_encoder
 
-Settings = sampler_lib.SamplerSettings
+
+def Settings(**changes) -> sampler_lib.SamplerSettings:  # pylint: disable=invalid-name
+  """configs/sampling.py's settings (the one place their defaults live), with changes."""
+  return sampler_lib.settings_from_config(sampling.get_config(), **changes)
+
 SHAPE = (2, 2, 4, 4, 3)
 
 
@@ -191,13 +194,12 @@ def samplers(tiny_jam, random_jam):
   are inputs of the compiled programs.
   """
   config = tiny_jam.config
-  mesh = sharding.create_mesh(config.mesh)
   ids, mask = _prompts(config)
   compiled = {}
   for name, settings in [("inner", Settings(num_steps=2, guidance="inner")),
                          ("cfg", Settings(num_steps=2, guidance="cfg"))]:
-    run = sampler_lib.make_sampler(config, mesh, settings)
-    with sharding.mesh_context(mesh, sharding.get_rules(config.mesh.rules)):
+    run = sampler_lib.Sampler(tiny_jam.model, settings)
+    with tiny_jam.model.plan.active():
       lowered = run.jitted.lower(random_jam, ids, mask, jax.random.key(0), jnp.float32(5.0),
                                  jnp.float32(3.0))
     compiled[name] = lowered.compile(compiler_options=FAST_COMPILE)
@@ -205,7 +207,7 @@ def samplers(tiny_jam, random_jam):
 
 
 def _prompts(config):
-  return text_encoder.tokenize(list(CAPTIONS), config.model.text.max_length)
+  return text_lib.tokenize(list(CAPTIONS), config.model.text.max_length)
 
 
 def test_full_sampler_inner_guidance_without_motion_term_is_cfg(tiny_jam, random_jam, samplers):
@@ -249,10 +251,9 @@ def _primitives(jaxpr, inside_loop: bool = False) -> list[tuple[str, bool]]:
 def test_captions_are_encoded_once_outside_the_loop(tiny_jam, random_jam):
   # The byte encoder's embedding lookup is the model's only gather.
   config = tiny_jam.config
-  mesh = sharding.create_mesh(config.mesh)
   ids, mask = _prompts(config)
-  run = sampler_lib.make_sampler(config, mesh, Settings(num_steps=3, guidance="inner"))
-  with sharding.mesh_context(mesh, sharding.get_rules(config.mesh.rules)):
+  run = sampler_lib.Sampler(tiny_jam.model, Settings(num_steps=3, guidance="inner"))
+  with tiny_jam.model.plan.active():
     jaxpr = jax.make_jaxpr(run.jitted)(random_jam, ids, mask, jax.random.key(0),
                                        jnp.float32(5.0), jnp.float32(3.0)).jaxpr
   found = _primitives(jaxpr)
@@ -261,10 +262,9 @@ def test_captions_are_encoded_once_outside_the_loop(tiny_jam, random_jam):
   # ... and the encoded caption gives what the model computes from token ids.
   x, d = (jax.random.normal(jax.random.key(i), (2, 4, 16, 16, 3)) for i in (1, 2))
   t, keep = jnp.full((2,), 0.4), jnp.array([True, False])
-  encoded = model_lib.encode_text(config.model, random_jam, ids, mask)
+  encoded = tiny_jam.model.encode_text(random_jam, ids, mask)
   from_ids = tiny_jam.apply(random_jam, x, d, t, ids, mask, keep)
-  from_encoded = tiny_jam.model.apply({"params": random_jam}, x, d, t, None, mask, keep,
-                                      encoded_text=encoded)
+  from_encoded = tiny_jam.model.apply(random_jam, x, d, t, None, mask, keep, encoded_text=encoded)
   for a, b in zip(from_ids, from_encoded):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)   # jitted vs eager rounding
 
@@ -293,7 +293,7 @@ def test_steps_after_inner_guidance_until_run_two_conditions(tiny_jam, random_ja
       v_x, v_d = velocity(x_e, d_e, t_next)
       x_e, d_e = (ref_x + (t_next - t) * 0.5 * (u_x + v_x), ref_d + (t_next - t) * 0.5 * (u_d + v_d))
     ref_x, ref_d = x_e, d_e
-  apply = lambda params, *args: tiny_jam.model.apply({"params": params}, *args)
+  apply = tiny_jam.model.apply
   out_x, out_d = jax.jit(lambda: sampler_lib.sample_loop(apply, random_jam, x, d, text, mask,
                                                          settings, True))()
   np.testing.assert_allclose(out_x, ref_x, rtol=1e-4, atol=1e-4)
@@ -303,12 +303,11 @@ def test_steps_after_inner_guidance_until_run_two_conditions(tiny_jam, random_ja
 def test_inner_guidance_on_a_baseline_model_is_refused(tiny_base):
   with pytest.raises(sampler_lib.GuidanceError, match=r"Inner-Guidance needs a VideoJAM model.*guidance='cfg'"):
     Settings(guidance="inner").validate(jam=False)
-  mesh = sharding.create_mesh(tiny_base.config.mesh)
   with pytest.raises(sampler_lib.GuidanceError, match="model.jam=False"):
-    sampler_lib.make_sampler(tiny_base.config, mesh, Settings(guidance="inner"))
+    sampler_lib.Sampler(tiny_base.model, Settings(guidance="inner"))
   Settings(guidance="cfg").validate(jam=False)
   # A baseline sampler returns no motion.
-  sample = sampler_lib.make_sampler(tiny_base.config, mesh, Settings(guidance="cfg", num_steps=1))
+  sample = sampler_lib.Sampler(tiny_base.model, Settings(guidance="cfg", num_steps=1))
   ids, mask = _prompts(tiny_base.config)
   video, motion = jax.eval_shape(sample.jitted, tiny_base.init_params, ids, mask, jax.random.key(0),
                                  jnp.float32(5.0), jnp.float32(0.0))
@@ -331,3 +330,7 @@ def test_settings_from_config_reads_the_sample_section(tiny_jam):
   assert settings.num_steps == tiny_jam.config.sample.num_steps
   assert settings.text_scale == 5.0 and settings.motion_scale == 3.0
   assert settings.solver == "heun" and settings.guidance == "inner"
+  incomplete = sampling.get_config()
+  del incomplete["solver"]
+  with pytest.raises(sampler_lib.GuidanceError, match=r"lack \['solver'\]"):
+    sampler_lib.settings_from_config(incomplete)

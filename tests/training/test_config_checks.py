@@ -44,7 +44,9 @@ def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
     ("optim.ema_decay", 1.0, r"optim.ema_decay=1.0 must be in \[0, 1\)"),
     ("train.log_every", 0, r"train.log_every must be >= 1"),
     ("train.checkpoint_every", 0, r"train.checkpoint_every must be >= 1"),
-    ("train.sample_every", 0, r"train.sample_every must be >= 1"),
+    ("train.profile_steps", (0, 3), r"train.profile_steps=\(0, 3\) must lie in"),
+    ("train.metric_writer", "tf", r"train.metric_writer=.tf.; choose from"),
+    ("evals.samples.every_steps", -1, r"evals.samples.every_steps=-1 must be >= 0"),
 ])
 def test_impossible_config_names_the_field(make_tiny_config, field, value, message):
   config = make_tiny_config()

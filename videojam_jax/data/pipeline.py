@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from etils import epath
 import grain
 import jax
 import ml_collections
@@ -22,48 +23,97 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding
 
 from videojam_jax.data import clip_records
-from videojam_jax.model import text_encoder
+from videojam_jax.data import frames
+from videojam_jax.data import text as text_lib
 
 MAX_SEARCH_DEPTH = 4   # how far below data.dataset_dir to look for dataset_info.json
+DATASET_INFO = "dataset_info.json"
+# TFDS writes a dataset into an "incomplete.*" folder and renames it when done.
+INCOMPLETE_PREFIX = "incomplete"
+CAPTION = "caption"    # the caption feature of the clip format (clip_records.py)
+CLIP_INDEX = "clip_index"   # added by create_dataset(with_index=True)
 
 
 class CorruptRecordError(RuntimeError):
   """A record in the shards could not be decoded."""
 
 
-def find_dataset_version_dir(dataset_dir: str) -> str:
-  """The folder holding dataset_info.json at or below `dataset_dir` (exactly one)."""
-  if not os.path.isdir(dataset_dir):
+def find_dataset_version_dir(dataset_dir: epath.PathLike) -> str:
+  """The folder holding dataset_info.json at or below `dataset_dir` (exactly one).
+
+  dataset_dir: a local path (str or path object) or a cloud one (gs://...), read
+  through etils.epath, so no gcsfuse mount is needed. It is searched one level
+  at a time, down to MAX_SEARCH_DEPTH levels, with one glob per level: cheap on
+  an object store, where walking a whole tree lists every shard.
+  """
+  root = epath.Path(dataset_dir)
+  if not root.is_dir():
     raise FileNotFoundError(
-        f"data.dataset_dir={dataset_dir!r} does not exist. Build the synthetic clips with "
-        "`python -m data_pipelines.build_synthetic --config <your config>` or your own "
-        "videos with `python -m data_pipelines.build_from_videos`.")
+        f"data.dataset_dir={os.fspath(dataset_dir)!r} does not exist. Build the synthetic "
+        "clips with `python -m data_pipelines.build_synthetic --config <your config>` or "
+        "your own videos with `python -m data_pipelines.build_from_videos`.")
   found = []
-  for root, dirs, files in os.walk(dataset_dir):
-    if root[len(dataset_dir):].count(os.sep) >= MAX_SEARCH_DEPTH:
-      dirs[:] = []
-    if "dataset_info.json" in files and not os.path.basename(root).startswith("incomplete"):
-      found.append(root)
+  for depth in range(MAX_SEARCH_DEPTH + 1):
+    for info in root.glob("/".join(["*"] * depth + [DATASET_INFO])):
+      if not info.parent.name.startswith(INCOMPLETE_PREFIX):
+        found.append(os.fspath(info.parent))
   if not found:
-    raise FileNotFoundError(f"no dataset (dataset_info.json) found under {dataset_dir!r}; "
-                            "it may be empty or its build was interrupted: rebuild it.")
+    raise FileNotFoundError(f"no dataset ({DATASET_INFO}) found under "
+                            f"{os.fspath(dataset_dir)!r}; it may be empty or its build "
+                            "was interrupted: rebuild it.")
   if len(found) > 1:
-    raise ValueError(f"several datasets under {dataset_dir!r}: {sorted(found)}; set "
-                     "data.dataset_dir to the one to train on.")
+    raise ValueError(f"several datasets under {os.fspath(dataset_dir)!r}: {sorted(found)}; "
+                     "set data.dataset_dir to the one to train on.")
   return found[0]
+
+
+def _open_builder(dataset_dir: epath.PathLike) -> tuple[str, tfds.core.DatasetBuilder]:
+  """(version dir, TFDS builder) of the one dataset at or below `dataset_dir`."""
+  version_dir = find_dataset_version_dir(dataset_dir)
+  return version_dir, tfds.builder_from_directory(version_dir)
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, version_dir: str, split: str) -> None:
+  if split not in builder.info.splits:
+    raise ValueError(f"{version_dir} has no split {split!r}; it has {list(builder.info.splits)}")
 
 
 def open_clip_source(config: ml_collections.ConfigDict, split: str) -> tuple[Any, dict[str, Any]]:
   """A random-access source of the split's records, checked against the config."""
-  version_dir = find_dataset_version_dir(config.data.dataset_dir)
-  builder = tfds.builder_from_directory(version_dir)
+  version_dir, builder = _open_builder(config.data.dataset_dir)
   metadata = dict(builder.info.metadata or {})
   clip_records.check_dataset(
       metadata, num_frames=config.data.num_frames, height=config.data.height,
       width=config.data.width, flow_sigma=config.data.flow_sigma, where=version_dir)
-  if split not in builder.info.splits:
-    raise ValueError(f"{version_dir} has no split {split!r}; it has {list(builder.info.splits)}")
+  _check_split(builder, version_dir, split)
   return CheckedSource(builder.as_data_source(split), f"{version_dir}[{split}]"), metadata
+
+
+def read_captions(dataset_dir: epath.PathLike, split: str, count: int) -> list[str]:
+  """The first `count` captions of `split`, in record order (all, if it has fewer).
+
+  Only the caption is decoded: the other features (video, motion, flow, ...) are
+  handed over undecoded (tfds.decode.SkipDecoding), so no tensor of a record is
+  decompressed, which is what made reading prompts through `open_clip_source`
+  slow. Needs no TensorFlow; dataset_dir as in `find_dataset_version_dir`.
+  """
+  if count < 0:
+    raise ValueError(f"read_captions: count must be >= 0, got {count}")
+  version_dir, builder = _open_builder(dataset_dir)
+  _check_split(builder, version_dir, split)
+  features = builder.info.features
+  if CAPTION not in features.keys():
+    raise clip_records.DatasetMismatchError(
+        f"{version_dir}: records have no {CAPTION!r} feature (they have "
+        f"{sorted(features.keys())}); not a videojam clip dataset.")
+  skip = {name: tfds.decode.SkipDecoding() for name in features.keys() if name != CAPTION}
+  source = CheckedSource(builder.as_data_source(split, decoders=skip), f"{version_dir}[{split}]")
+  return [_text(source[i][CAPTION]) for i in range(min(count, len(source)))]
+
+
+def _text(value: Any) -> str:
+  """A decoded TFDS Text feature (bytes) as str."""
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class CheckedSource(grain.sources.RandomAccessDataSource):
@@ -87,61 +137,31 @@ class CheckedSource(grain.sources.RandomAccessDataSource):
     return record
 
 
-class PrecomputedText:
-  """Caption -> precomputed (embedding [L, D], mask [L]) from an .npz file.
-
-  The file holds `captions` [N] (str), `embeddings` [N, L, D] and `masks` [N, L],
-  e.g. written once by a user's T5 / CLIP encoder over the dataset's captions.
-  """
-
-  def __init__(self, path: str, max_length: int, embedding_dim: int):
-    if not path or not os.path.exists(path):
-      raise FileNotFoundError(f"data.text_embeddings={path!r} not found (needed by "
-                              "model.text.source='precomputed')")
-    with np.load(path, allow_pickle=False) as f:
-      captions, self._embeddings, self._masks = f["captions"], f["embeddings"], f["masks"]
-    if self._embeddings.shape[1:] != (max_length, embedding_dim):
-      raise ValueError(f"{path}: embeddings are {self._embeddings.shape[1:]}, config wants "
-                       f"({max_length}, {embedding_dim})")
-    masks = self._masks.astype(bool)
-    prefix = np.arange(max_length)[None] < masks.sum(axis=1, keepdims=True)
-    if not np.array_equal(masks, prefix):
-      bad = int(np.argmax(np.any(masks != prefix, axis=1)))
-      raise ValueError(f"{path}: masks[{bad}] is not a prefix (valid tokens first, padding "
-                       "after), which the attention kernels assume")
-    self._index = {str(c): i for i, c in enumerate(captions)}
-
-  def __call__(self, caption: str) -> tuple[np.ndarray, np.ndarray]:
-    if caption not in self._index:
-      raise KeyError(f"no precomputed text embedding for caption {caption!r}")
-    i = self._index[caption]
-    return self._embeddings[i].astype(np.float32), self._masks[i].astype(bool)
-
-
 class ToTrainingExample(grain.transforms.Map):
-  """Record -> model inputs: frames and motion in [-1, 1], caption tokens/embeddings."""
+  """Record -> model inputs: frames and motion in [-1, 1], caption tokens or embeddings
+  (through `text.CaptionInputs`, the path sampling uses too)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self._text = config.model.text
-    self._lookup = None
-    if self._text.source == "precomputed":
-      self._lookup = PrecomputedText(config.data.get("text_embeddings", ""),
-                                     self._text.max_length, self._text.embedding_dim)
+  def __init__(self, captions: text_lib.CaptionInputs):
+    self._captions = captions
 
   def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    caption = record["caption"]
-    caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
-    if self._lookup is not None:
-      text, mask = self._lookup(caption)
-    else:
-      ids, masks = text_encoder.tokenize([caption], self._text.max_length)
-      text, mask = ids[0], masks[0]
-    return {
-        "video": np.asarray(record["video"], np.float32) / 127.5 - 1.0,
-        "motion": np.asarray(record["motion"], np.float32) / 127.5 - 1.0,
-        "text": text,
-        "text_mask": mask,
+    text, mask = self._captions([_text(record[CAPTION])])
+    example = {
+        "video": frames.to_model_space(record["video"]),
+        "motion": frames.to_model_space(record["motion"]),
+        "text": text[0],
+        "text_mask": mask[0],
     }
+    if CLIP_INDEX in record:
+      example[CLIP_INDEX] = np.int32(record[CLIP_INDEX])
+    return example
+
+
+class _WithIndex(grain.transforms.MapWithIndex):
+  """Adds the record's index in its split (stable ids for held-out noise)."""
+
+  def map_with_index(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
+    return {**record, CLIP_INDEX: index}
 
 
 def per_process_batch_size(global_batch: int) -> int:
@@ -151,27 +171,36 @@ def per_process_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def create_dataset(config: ml_collections.ConfigDict, split: str, *, shuffle: bool = True,
-                   repeat: bool = True) -> grain.IterDataset:
-  """The Grain pipeline for `split`, this process's share of every global batch."""
-  source, _ = open_clip_source(config, split)
+def create_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_size: int,
+                   captions: text_lib.CaptionInputs, shuffle: bool = True, repeat: bool = True,
+                   with_index: bool = False, drop_remainder: bool | None = None,
+                   ) -> grain.IterDataset:
+  """The Grain pipeline for `split` (config.data): this process's share of every global batch.
+
+  with_index: each example also carries `clip_index`, its record's index in the
+  split. drop_remainder (default: when repeating) drops a last, smaller batch.
+  """
+  source, _ = open_clip_source(ml_collections.ConfigDict({"data": data_config}), split)
   ds = grain.MapDataset.source(source)
+  if with_index:
+    ds = ds.map_with_index(_WithIndex())
   # Each process reads a disjoint slice; the slicing happens before shuffling so
   # that the slice is fixed and the per-epoch order is seeded per process.
   ds = ds[jax.process_index()::jax.process_count()]
   if len(ds) == 0:
     raise ValueError(f"split {split!r} has no records for process {jax.process_index()}")
   if shuffle:
-    ds = ds.shuffle(seed=config.data.shuffle_seed + jax.process_index())
+    ds = ds.shuffle(seed=data_config.shuffle_seed + jax.process_index())
   if repeat:
     ds = ds.repeat()
-  ds = ds.map(ToTrainingExample(config))
-  ds = ds.batch(per_process_batch_size(config.train.batch_size), drop_remainder=repeat)
+  ds = ds.map(ToTrainingExample(captions))
+  ds = ds.batch(per_process_batch_size(batch_size),
+                drop_remainder=repeat if drop_remainder is None else drop_remainder)
   it_ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=max(1, int(config.data.get("read_threads", 2))),
-      prefetch_buffer_size=int(config.data.prefetch_buffer_size)))
-  if int(config.data.worker_count) > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(config.data.worker_count)))
+      num_threads=max(1, int(data_config.get("read_threads", 2))),
+      prefetch_buffer_size=int(data_config.prefetch_buffer_size)))
+  if int(data_config.worker_count) > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data_config.worker_count)))
   return it_ds
 
 
@@ -182,18 +211,15 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray],
           for k, v in local_batch.items()}
 
 
-def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes and dtypes of one global batch (for sharding and ahead-of-time compiles)."""
-  d, b = config.data, config.train.batch_size
-  channels = int(d.get("channels", 3))   # model_lib.video_channels; 3 = RGB pixels
-  video = jax.ShapeDtypeStruct((b, d.num_frames, d.height, d.width, channels), np.float32)
-  length = config.model.text.max_length
-  if config.model.text.source == "precomputed":
-    text = jax.ShapeDtypeStruct((b, length, config.model.text.embedding_dim), np.float32)
-  else:
-    text = jax.ShapeDtypeStruct((b, length), np.int32)
-  return {"video": video, "motion": video, "text": text,
-          "text_mask": jax.ShapeDtypeStruct((b, length), np.bool_)}
+def batch_spec(video_shape: Any, captions: text_lib.CaptionInputs,
+               batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of one global training batch (for shardings and ahead-of-time compiles).
+
+  video_shape: the model's clip shape (model.dit.VideoShape: frames, height, width, channels).
+  """
+  video = jax.ShapeDtypeStruct((batch_size,) + tuple(video_shape.dims), np.float32)
+  text, mask = captions.spec(batch_size)
+  return {"video": video, "motion": video, "text": text, "text_mask": mask}
 
 
 def iterate_global(iterator: Iterator[Mapping[str, np.ndarray]],

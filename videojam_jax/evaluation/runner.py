@@ -9,32 +9,37 @@
   plots/metrics_vs_*.png    metrics against each swept numeric setting
   index.html                the clips side by side, with their metrics
 
-Finished settings are kept and skipped on the next run (sweep.ResultStore);
-models are loaded only when one of their settings still has to be sampled.
+Finished settings are kept and skipped on the next run (result_store.ResultStore);
+models are loaded only when one of their settings still has to be sampled. The
+clips and their metrics come from the same code as the trainer's evaluators
+(`evaluators.samples.generate_clips` / `score_clips`), and each model's held-out
+loss from `evaluators.heldout_loss` (config.heldout; columns heldout/*). The
+tables, plots and page are `evaluation.report`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
-import numpy as np
 
-from videojam_jax.evaluation import report as eval_report
-from videojam_jax.data import pipeline as input_pipeline
-from videojam_jax.training import runs as model_loading
-from videojam_jax.evaluation import motion_metrics
-from videojam_jax.evaluation import page as report_html
-from videojam_jax.sampling import sampler as sampler_lib
-from videojam_jax.sampling import samples
-from videojam_jax.parallel import sharding
+from videojam_jax import files
+from videojam_jax.data import pipeline
+from videojam_jax.evaluation import evaluators
+from videojam_jax.evaluation import report
+from videojam_jax.evaluation import result_store
 from videojam_jax.evaluation import sweep as sweep_lib
+from videojam_jax.evaluation.evaluators import heldout_loss
+from videojam_jax.evaluation.evaluators import samples as samples_eval
+from videojam_jax.evaluation.report import page as report_page
+from videojam_jax.sampling import sampler as sampler_lib
+from videojam_jax.training import runs
 
 RUNS_DIR = "runs"
 CLIPS_DIR = "clips"
@@ -53,9 +58,9 @@ class EvalSummary:
   page: str
 
 
-def model_infos(config: ml_collections.ConfigDict) -> dict[str, model_loading.RunInfo]:
+def model_infos(config: ml_collections.ConfigDict) -> dict[str, runs.RunInfo]:
   """The named runs (empty paths left out), baselines first, then by name."""
-  infos = [model_loading.run_info(sweep_lib.check_model_name(name), path, config.mesh)
+  infos = [runs.run_info(sweep_lib.check_model_name(name), path, config.mesh)
            for name, path in config.models.items() if path]
   if not infos:
     raise ValueError("config.models names no training workdir")
@@ -63,21 +68,15 @@ def model_infos(config: ml_collections.ConfigDict) -> dict[str, model_loading.Ru
   return {info.name: info for info in infos}
 
 
-def load_prompts(config: ml_collections.ConfigDict, info: model_loading.RunInfo) -> list[str]:
+def load_prompts(config: ml_collections.ConfigDict, info: runs.RunInfo) -> list[str]:
   """config.prompts.captions, or the first num_prompts captions of a dataset split."""
   p = config.prompts
   if p.captions:
     return [str(c) for c in p.captions]
-  run_config = model_loading.with_mesh_config(info.config, None)
-  if p.dataset_dir:
-    run_config.data.dataset_dir = p.dataset_dir
-  source, _ = input_pipeline.open_clip_source(run_config, p.split)
-  captions = []
-  for i in range(min(p.num_prompts, len(source))):
-    caption = source[i]["caption"]
-    captions.append(caption.decode("utf-8") if isinstance(caption, bytes) else str(caption))
+  dataset_dir = p.dataset_dir or info.config.data.dataset_dir
+  captions = pipeline.read_captions(dataset_dir, p.split, p.num_prompts)
   if not captions:
-    raise ValueError(f"split {p.split!r} of {run_config.data.dataset_dir} has no captions")
+    raise ValueError(f"split {p.split!r} of {dataset_dir} has no captions")
   return captions
 
 
@@ -89,54 +88,20 @@ def sweep_settings(config: ml_collections.ConfigDict) -> list[sampler_lib.Sample
   return sweep_lib.expand(base, axes)
 
 
-def clip_batch_size(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_prompts: int) -> int:
-  """Clips per sampler call: config.batch_size, but no more than the (padded) prompts."""
-  ways = sharding.batch_axis_size(mesh, sharding.get_rules(config.mesh.rules))
-  if config.batch_size < 1 or config.batch_size % ways:
-    raise sharding.MeshConfigError(f"batch_size={config.batch_size} must be a positive "
-                                   f"multiple of the {ways} batch shards of mesh {dict(mesh.shape)}")
-  return min(config.batch_size, -(-num_prompts // ways) * ways)
-
-
-def sample_clips(sample_fn, params: Any, run_config: ml_collections.ConfigDict, prompts: list[str],
-                 seeds: tuple[int, ...], batch_size: int) -> list[tuple[int, int, np.ndarray, np.ndarray | None]]:
-  """(prompt index, seed, video uint8 [T,H,W,3], motion uint8 or None) for every prompt x seed.
-
-  Prompts go in fixed-size batches (the last one padded by repeating its last
-  prompt) so each sampler compiles once; batch c of seed s draws its noise from
-  fold_in(key(s), c), so a (prompt, seed) gets the same noise for every setting
-  and every model of the same clip shape: columns compare like with like.
-  """
-  ids, mask = samples.prompt_batch(run_config, prompts)
-  clips = []
-  for seed in seeds:
-    for chunk, start in enumerate(range(0, len(prompts), batch_size)):
-      index = list(range(start, min(start + batch_size, len(prompts))))
-      padded = index + [index[-1]] * (batch_size - len(index))
-      rng = jax.random.fold_in(jax.random.key(seed), chunk)
-      video, motion = sample_fn(params, ids[padded], mask[padded], rng)
-      video = np.asarray(jax.device_get(video))
-      motion = None if motion is None else np.asarray(jax.device_get(motion))
-      for row, i in enumerate(index):
-        clips.append((i, int(seed), samples.to_uint8(video[row]),
-                      None if motion is None else samples.to_uint8(motion[row])))
-  return clips
-
-
 class _Models:
   """Loads each model on first use and keeps only the latest (params can be large)."""
 
-  def __init__(self, infos: dict[str, model_loading.RunInfo], weights: str):
+  def __init__(self, infos: dict[str, runs.RunInfo], weights: str):
     self._infos, self._weights = infos, weights
-    self._loaded: model_loading.LoadedModel | None = None
+    self._loaded: runs.LoadedModel | None = None
 
-  def get(self, name: str) -> model_loading.LoadedModel:
+  def get(self, name: str) -> runs.LoadedModel:
     if self._loaded is None or self._loaded.info.name != name:
       self._loaded = None  # free the previous model's arrays before loading the next
       info = self._infos[name]
       logging.info("loading %s (%s weights, step %d) from %s", name, self._weights, info.step,
                    info.workdir)
-      self._loaded = model_loading.load_model(info, self._weights)
+      self._loaded = runs.load_model(info, self._weights)
     return self._loaded
 
 
@@ -149,8 +114,22 @@ def skip_notes(skipped: list[sweep_lib.Skipped]) -> list[str]:
           for (model, reason), names in grouped.items()]
 
 
-def _fps(config: ml_collections.ConfigDict, info: model_loading.RunInfo) -> float:
-  return float(config.metrics.fps or info.config.sample.fps)
+def _fps(config: ml_collections.ConfigDict, info: runs.RunInfo) -> float:
+  """config.metrics.fps, else the frame rate the run's samples evaluator used."""
+  run_samples = info.config.get("evals", {}).get("samples", {})
+  return float(config.metrics.fps or run_samples.get("fps", samples_eval.DEFAULT_FPS))
+
+
+def heldout_losses(config: ml_collections.ConfigDict, model: runs.LoadedModel) -> dict[str, float]:
+  """The heldout_loss evaluator on a loaded run (config.heldout; num_clips=0: none)."""
+  options = ml_collections.ConfigDict(config.heldout.to_dict())
+  if int(options.num_clips) <= 0:
+    return {}
+  exp = model.experiment
+  if config.prompts.dataset_dir:
+    exp.config.data.dataset_dir = config.prompts.dataset_dir
+  evaluator = heldout_loss.Evaluator(options, evaluators.EvalContext(exp, None))
+  return {f"heldout/{k}": v for k, v in evaluator.run(model.params, model.info.step)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> EvalSummary:
@@ -158,10 +137,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   if jax.process_count() > 1:
     raise NotImplementedError("offline evaluation runs in one process (clips are gathered "
                               "and written by this host)")
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "eval_config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  workdir = epath.Path(workdir)
+  if not files.is_local(workdir):
+    raise ValueError(f"evaluate --workdir={workdir}: must be a local folder (the MP4 writer "
+                     "needs local files); copy the results to the bucket afterwards")
+  workdir = workdir.resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  files.atomic_write(workdir / "eval_config.json", config.to_json_best_effort(indent=2))
 
   infos = model_infos(config)
   prompts = load_prompts(config, next(iter(infos.values())))
@@ -177,59 +159,60 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     return {"workdir": info.workdir, "step": info.step, "weights": config.weights,
             "settings": dataclasses.asdict(job.settings), "prompts": prompts, "seeds": seeds,
             "batch_size": config.batch_size, "dis_preset": config.metrics.dis_preset,
-            "fps": _fps(config, info), "min_side": config.report.min_side}
+            "fps": _fps(config, info), "min_side": config.report.min_side,
+            "heldout": config.heldout.to_dict()}
 
   models = _Models(infos, config.weights)
-  samplers: dict[tuple[str, sampler_lib.SamplerSettings], sampler_lib.SampleFn] = {}
+  samplers: dict[tuple[str, sampler_lib.SamplerSettings], sampler_lib.Sampler] = {}
+  model_metrics: dict[str, dict[str, float]] = {}
 
-  def sampler_for(job: sweep_lib.Job, model: model_loading.LoadedModel) -> sampler_lib.SampleFn:
+  def sampler_for(job: sweep_lib.Job, model: runs.LoadedModel) -> sampler_lib.Sampler:
     """One compiled sampler per model and settings other than w1, w2 (its inputs)."""
     unscaled = dataclasses.replace(job.settings, text_scale=0.0, motion_scale=0.0)
     key = (job.model, unscaled)
     if key not in samplers:
       logging.info("new sampler for %s at %s (reused for other w1, w2)", job.model,
                    sweep_lib.setting_name(job.settings))
-      samplers[key] = sampler_lib.make_sampler(model.info.config, model.mesh, unscaled)
-    return functools.partial(samplers[key], text_scale=job.settings.text_scale,
-                             motion_scale=job.settings.motion_scale)
+      samplers[key] = sampler_lib.Sampler(model.experiment.model, unscaled)
+    return samplers[key]
 
-  def generate(job: sweep_lib.Job, stage: str) -> dict[str, Any]:
+  def generate(job: sweep_lib.Job, stage: epath.Path) -> dict[str, Any]:
     model = models.get(job.model)
-    info = model.info
+    info, exp = model.info, model.experiment
     sigma, fps = float(info.config.data.flow_sigma), _fps(config, info)
+    if job.model not in model_metrics:
+      model_metrics[job.model] = heldout_losses(config, model)
     start = time.time()
-    sample_fn = sampler_for(job, model)
-    batch = clip_batch_size(config, model.mesh, len(prompts))
-    clips = sample_clips(sample_fn, model.params, info.config, prompts, seeds, batch)
+    batch = samples_eval.clip_batch_size(config.batch_size, len(prompts), exp.plan.batch_ways)
+    clips = samples_eval.generate_clips(
+        sampler_for(job, model), model.params, exp.captions, prompts, seeds, batch,
+        text_scale=job.settings.text_scale, motion_scale=job.settings.motion_scale)
     sampled = time.time()
+    scores = samples_eval.score_clips(clips, sigma=sigma, fps=fps, preset=config.metrics.dis_preset)
     records = []
-    for i, seed, video, motion in clips:
-      metrics = motion_metrics.compute_all(video, motion, sigma=sigma, fps=fps,
-                                           preset=config.metrics.dis_preset)
-      name = f"p{i:03d}_seed{seed}"
-      cell = report_html.write_cell(os.path.join(stage, CLIPS_DIR), name, video, motion, fps=fps,
-                                    sigma=sigma, metrics=metrics, min_side=config.report.min_side)
-      records.append({"prompt_index": i, "prompt": prompts[i], "seed": seed,
+    for clip, metrics in zip(clips, scores):
+      name = f"p{clip.prompt_index:03d}_seed{clip.seed}"
+      cell = report_page.write_cell(os.path.join(stage, CLIPS_DIR), name, clip.video, clip.motion,
+                                    fps=fps, sigma=sigma, metrics=metrics,
+                                    min_side=config.report.min_side)
+      records.append({"prompt_index": clip.prompt_index, "prompt": clip.prompt, "seed": clip.seed,
                       "video": os.path.relpath(cell.video, stage),
                       "motion": None if cell.motion is None else os.path.relpath(cell.motion, stage),
                       "metrics": metrics})
     return {"workdir": info.workdir, "checkpoint_step": info.step, "jam": info.jam,
-            "weights": config.weights, "clips": records,
+            "weights": config.weights, "clips": records, "model_metrics": model_metrics[job.model],
             "seconds": {"sampling_with_compile": sampled - start,
                         "metrics_and_videos": time.time() - sampled}}
 
-  store = sweep_lib.ResultStore(os.path.join(workdir, RUNS_DIR))
+  store = result_store.ResultStore(workdir / RUNS_DIR)
   fingerprints = {job: sweep_lib.fingerprint(inputs(job)) for job in jobs}
-  done = sweep_lib.run_jobs(jobs, store, fingerprints, generate, progress=progress)
+  done = result_store.run_jobs(jobs, store, fingerprints, generate, progress=progress)
 
-  rows = eval_report.summary_rows(done.results)
-  csv_path, json_path = os.path.join(workdir, "metrics.csv"), os.path.join(workdir, "metrics.json")
-  eval_report.write_tables(rows, csv_path, json_path)
-  plots = eval_report.write_plots(done.results, os.path.join(workdir, "plots"))
   notes = [f"{len(prompts)} prompt(s) x {len(seeds)} seed(s); the same prompt and seed start "
            "from the same video noise in every column."] + skip_notes(skipped)
-  page = eval_report.write_page(done.results, store.root, os.path.join(workdir, "index.html"),
-                                title=config.report.title, plots=plots, notes=notes)
-  logging.info("wrote %s, %s, %d plot(s) and %s", csv_path, json_path, len(plots), page)
-  return EvalSummary(done.results, done.generated, done.reused, skipped, csv_path, json_path,
-                     plots, page)
+  written = report.write_report(done.results, store.root, workdir, title=config.report.title,
+                                notes=notes)
+  logging.info("wrote %s, %s, %d plot(s) and %s", written.csv_path, written.json_path,
+               len(written.plots), written.page)
+  return EvalSummary(done.results, done.generated, done.reused, skipped, written.csv_path,
+                     written.json_path, written.plots, written.page)

@@ -25,9 +25,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 
-from videojam_jax.model import dit as model_lib
+from videojam_jax.model import functional
 from videojam_jax.parallel import sharding
 
 GUIDANCE_MODES = ("none", "cfg", "inner")
@@ -38,16 +37,21 @@ class GuidanceError(ValueError):
   """The requested guidance does not make sense for this model."""
 
 
+# inner_guidance_until at or above this applies Inner-Guidance at every step.
+ALWAYS_INNER_GUIDANCE = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-  num_steps: int = 25
-  solver: str = "euler"
-  time_shift: float = 1.0
-  guidance: str = "inner"
-  text_scale: float = 5.0            # w1
-  motion_scale: float = 3.0          # w2
-  inner_guidance_until: float = 1.0  # Inner-Guidance for t < this, text guidance after
-  batched: bool = True               # False: one forward per condition (benchmarks only)
+  """How to sample. No defaults here: configs/sampling.py holds them (config.sample)."""
+  num_steps: int
+  solver: str                  # euler | heun
+  time_shift: float            # > 1 spends more steps near noise
+  guidance: str                # none | cfg | inner
+  text_scale: float            # w1
+  motion_scale: float          # w2
+  inner_guidance_until: float  # Inner-Guidance for t < this, text guidance after
+  batched: bool                # False: one forward per condition (benchmarks only)
 
   def validate(self, jam: bool) -> "SamplerSettings":
     if self.guidance not in GUIDANCE_MODES:
@@ -66,9 +70,13 @@ class SamplerSettings:
 
 
 def settings_from_config(sample_config: ml_collections.ConfigDict, **overrides: Any) -> SamplerSettings:
-  fields = {f.name for f in dataclasses.fields(SamplerSettings)}
+  """SamplerSettings from config.sample (configs/sampling.py), with `overrides` on top."""
+  fields = [f.name for f in dataclasses.fields(SamplerSettings)]
   values = {k: v for k, v in sample_config.items() if k in fields}
   values.update(overrides)
+  missing = [f for f in fields if f not in values]
+  if missing:
+    raise GuidanceError(f"sampler settings lack {missing} (config.sample: see configs/sampling.py)")
   return SamplerSettings(**values)
 
 
@@ -187,51 +195,44 @@ def sample_loop(apply_fn: ApplyFn, params: Any, noise_x: jnp.ndarray, noise_d: j
   return carry
 
 
-SampleFn = Callable[..., tuple[jnp.ndarray, jnp.ndarray | None]]
+class Sampler:
+  """A jitted `sampler(params, text, text_mask, rng, *, text_scale=None, motion_scale=None)
+  -> (video, motion)` in [-1, 1] for one model and sampler settings.
 
-
-def make_sampler(config: ml_collections.ConfigDict, mesh: Mesh, settings: SamplerSettings,
-                 ) -> SampleFn:
-  """A jitted `sample(params, text, text_mask, rng, *, text_scale=None, motion_scale=None)
-  -> (video, motion)` in [-1, 1].
-
-  The batch is sharded over the mesh's batch axes; the noise is drawn from `rng`,
+  The batch is sharded over the plan's batch axes; the noise is drawn from `rng`,
   so the same seed and prompts give the same clips. Each caption is encoded
   once per call, outside the loop. The guidance scales are inputs of the
   compiled program (defaults: the settings'), so a sweep over w1 and w2 reuses
-  one compilation.
+  one compilation. `text` is what `data.text.CaptionInputs` gives: token ids or
+  precomputed embeddings.
   """
-  jam = bool(config.model.jam)
-  settings.validate(jam)
-  model = model_lib.build_model(config)
-  rules = sharding.get_rules(config.mesh.rules)
-  d = config.data
 
-  def apply_fn(params, x, d_t, t, encoded_text, text_mask, text_keep):
-    return model.apply({"params": params}, x, d_t, t, None, text_mask, text_keep,
-                       encoded_text=encoded_text)
+  def __init__(self, model: functional.FunctionalModel, settings: SamplerSettings):
+    self.model, self.settings = model, settings.validate(model.jam)
+    jam, shape = model.jam, model.video_shape.dims
 
-  def sample(params, text, text_mask, rng, text_scale, motion_scale):
-    shape = (text.shape[0], d.num_frames, d.height, d.width, model_lib.video_channels(config))
-    rng_x, rng_d = jax.random.split(rng)
-    constrain = lambda a: sharding.constrain(a, ("activation_batch", None, None, None, None))
-    noise_x = constrain(jax.random.normal(rng_x, shape))
-    noise_d = constrain(jax.random.normal(rng_d, shape)) if jam else None
-    encoded = model_lib.encode_text(config.model, params, text, text_mask)
-    x, m = sample_loop(apply_fn, params, noise_x, noise_d, encoded, text_mask, settings, jam,
-                       (text_scale, motion_scale))
-    clip = lambda a: None if a is None else jnp.clip(a, -1.0, 1.0)
-    return clip(x), clip(m)
+    def apply_fn(params, x, d_t, t, encoded_text, text_mask, text_keep):
+      return model.apply(params, x, d_t, t, None, text_mask, text_keep, encoded_text=encoded_text)
 
-  jitted = jax.jit(sample)
+    def sample(params, text, text_mask, rng, text_scale, motion_scale):
+      rng_x, rng_d = jax.random.split(rng)
+      full = (text.shape[0],) + shape
+      constrain = lambda a: sharding.constrain(a, ("activation_batch", None, None, None, None))
+      noise_x = constrain(jax.random.normal(rng_x, full))
+      noise_d = constrain(jax.random.normal(rng_d, full)) if jam else None
+      encoded = model.encode_text(params, text, text_mask)
+      x, m = sample_loop(apply_fn, params, noise_x, noise_d, encoded, text_mask, settings, jam,
+                         (text_scale, motion_scale))
+      clip = lambda a: None if a is None else jnp.clip(a, -1.0, 1.0)
+      return clip(x), clip(m)
 
-  def run(params, text, text_mask, rng, *, text_scale: float | None = None,
-          motion_scale: float | None = None):
+    self.jitted = jax.jit(sample)
+
+  def __call__(self, params: Any, text: Any, text_mask: Any, rng: jax.Array, *,
+               text_scale: float | None = None, motion_scale: float | None = None
+               ) -> tuple[jax.Array, jax.Array | None]:
     scale = lambda value, default: jnp.float32(default if value is None else value)
-    with sharding.mesh_context(mesh, rules):
-      return jitted(params, text, text_mask, rng, scale(text_scale, settings.text_scale),
-                    scale(motion_scale, settings.motion_scale))
-
-  run.jitted = jitted
-  run.settings = settings
-  return run
+    with self.model.plan.active():
+      return self.jitted(params, text, text_mask, rng,
+                         scale(text_scale, self.settings.text_scale),
+                         scale(motion_scale, self.settings.motion_scale))

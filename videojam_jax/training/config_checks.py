@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from videojam_jax.evaluation import evaluators
 from videojam_jax.model import dit as model_lib
+from videojam_jax.training import metric_writer
 
 
 class ConfigError(ValueError):
@@ -34,8 +36,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"model.text.width={m.text.width} is not divisible by model.text.num_heads")
   if m.remat_policy not in model_lib.REMAT_POLICIES:
     problems.append(f"model.remat_policy={m.remat_policy!r}; choose from {sorted(model_lib.REMAT_POLICIES)}")
-  if model_lib.motion_input_init(m) not in model_lib.MOTION_INPUT_INITS:
-    problems.append(f"model.motion_input_init={model_lib.motion_input_init(m)!r}; choose from "
+  if m.get("motion_input_init", "zeros") not in model_lib.MOTION_INPUT_INITS:
+    problems.append(f"model.motion_input_init={m.motion_input_init!r}; choose from "
                     f"{model_lib.MOTION_INPUT_INITS}")
   if m.dtype not in ("float32", "bfloat16", "float16"):
     problems.append(f"model.dtype={m.dtype!r}; choose float32, bfloat16 or float16")
@@ -59,8 +61,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"loss.{name}={config.loss[name]} must be in [0, 1)")
   if not 0.0 <= config.optim.ema_decay < 1.0:
     problems.append(f"optim.ema_decay={config.optim.ema_decay} must be in [0, 1)")
-  for name in ("log_every", "checkpoint_every", "sample_every"):
+  for name in ("log_every", "checkpoint_every"):
     if t[name] < 1:
       problems.append(f"train.{name} must be >= 1")
+  if t.metric_writer not in metric_writer.BACKENDS:
+    problems.append(f"train.metric_writer={t.metric_writer!r}; choose from {metric_writer.BACKENDS}")
+  steps = tuple(t.profile_steps)
+  if steps and (min(steps) < 1 or max(steps) > t.num_steps):
+    problems.append(f"train.profile_steps={steps} must lie in [1, train.num_steps={t.num_steps}]")
+  for name, block in config.get("evals", {}).items():
+    if "type" not in block:
+      problems.append(f"evals.{name} needs a 'type'")
+      continue
+    if int(block.get("every_steps", 0)) < 0:
+      problems.append(f"evals.{name}.every_steps={block.every_steps} must be >= 0 (0: off)")
+    if block.get("weights", "ema") not in evaluators.WEIGHTS:
+      problems.append(f"evals.{name}.weights={block.weights!r}; choose from {evaluators.WEIGHTS}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -77,3 +77,40 @@ def joint_loss(apply_fn: Callable[..., tuple[jnp.ndarray, jnp.ndarray | None]],
     metrics["motion_loss"] = motion_loss
   metrics["loss"] = loss
   return loss, metrics
+
+
+def per_clip_normal(key: jax.Array, clip_index: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+  """Standard normal noise [B, *shape] where row b depends only on (key, clip_index[b]).
+
+  Held-out losses use it so that a clip always meets the same noise, whatever the
+  batch size, the process layout or the step: curves compare across runs.
+  """
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(clip_index)
+
+
+def fixed_time_losses(apply_fn: Callable[..., tuple[jnp.ndarray, jnp.ndarray | None]],
+                      params: Any, batch: Batch, t: float | jnp.ndarray, key: jax.Array,
+                      jam: bool) -> dict[str, jnp.ndarray]:
+  """Per-clip flow-matching losses [B] at one time t, with the caption and motion kept.
+
+  The held-out measure: no dropout, the time fixed, and the noise a function of
+  (key, batch["clip_index"]) only (`per_clip_normal`). Returns video_loss and, for
+  a VideoJAM model, motion_loss.
+  """
+  x1 = batch["video"]
+  b = x1.shape[0]
+  key_x, key_d = jax.random.split(key)
+  index = batch["clip_index"]
+  x0 = per_clip_normal(key_x, index, x1.shape[1:]).astype(x1.dtype)
+  times = jnp.full((b,), t, jnp.float32)
+  d_t = None
+  if jam:
+    d1 = batch["motion"]
+    d0 = per_clip_normal(key_d, index, d1.shape[1:]).astype(d1.dtype)
+    d_t = interpolate(d1, d0, times)
+  u_x, u_d = apply_fn(params, interpolate(x1, x0, times), d_t, times, batch["text"],
+                      batch["text_mask"], jnp.ones((b,), bool))
+  losses = {"video_loss": mean_squared(u_x - (x1 - x0))}
+  if jam:
+    losses["motion_loss"] = mean_squared(u_d - (d1 - d0))
+  return losses

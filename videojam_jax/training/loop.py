@@ -1,188 +1,212 @@
-"""The training loop: data -> jitted step -> metrics, checkpoints and samples.
+"""The training loop: data -> jitted step -> metrics, checkpoints and evaluators.
 
-Host-side work (logging, checkpointing, sample writing) stays out of the
-jitted step. A run resumes from its latest checkpoint (state and data position);
-SIGTERM (or a TPU preemption notice) saves a checkpoint at the current step and
-exits cleanly, so the restarted run continues exactly.
+Host-side work (logging, checkpointing, evaluators) stays out of the jitted step.
+A run resumes from its newest checkpoint that restores (state and data position);
+a stop request (SIGTERM, Ctrl-C, a TPU preemption notice) saves a checkpoint at a
+step all processes agree on and exits cleanly, so the restarted run continues
+exactly. Whatever ends the loop, a checkpoint save in flight is finished first.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from clu import parameter_overview
+from etils import epath
+from flax import traverse_util
 
+from videojam_jax import files
+from videojam_jax.data import pipeline
+from videojam_jax.evaluation import evaluators as evaluators_lib
 from videojam_jax.training import checkpoints
 from videojam_jax.training import config_checks
-from videojam_jax.data import pipeline as input_pipeline
-from videojam_jax.model import retrofit
-from videojam_jax.sampling import sampler as sampler_lib
-from videojam_jax.sampling import samples
-from videojam_jax.parallel import sharding
-from videojam_jax.training import state as train_state_lib
-from videojam_jax.training import step as train_step_lib
+from videojam_jax.training import experiment as experiment_lib
+from videojam_jax.training import metric_writer
+from videojam_jax.training import preemption
+from videojam_jax.training import runs
+from videojam_jax.training import state as state_lib
+from videojam_jax.training import step as step_lib
+from videojam_jax.training.state import TrainState
+
+CONFIG_FILE = runs.CONFIG_FILE
+PROFILE_DIR = "profile"
+GUARDED_METRICS = ("loss", "grad_norm")
 
 
-class StopSignal:
-  """Records SIGTERM/SIGINT so the loop can save and exit at a step boundary."""
-
-  def __init__(self):
-    self.received: int | None = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    logging.warning("received signal %d: will checkpoint and stop after this step", signum)
-    self.received = signum
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+class NonFiniteError(FloatingPointError):
+  """A train step produced a non-finite loss or gradient."""
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    files.atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2))
 
 
-def eval_captions(config: ml_collections.ConfigDict, count: int) -> list[str]:
-  """The first `count` captions of the eval split (stable prompts for samples)."""
-  source, _ = input_pipeline.open_clip_source(config, config.data.eval_split)
-  captions = []
-  for i in range(min(count, len(source))):
-    c = source[i]["caption"]
-    captions.append(c.decode("utf-8") if isinstance(c, bytes) else str(c))
-  return captions
+def check_finite(host_metrics: Sequence[Mapping[str, Any]], first_step: int,
+                 last_good_step: int | None) -> None:
+  """Raises NonFiniteError naming the first step whose loss or gradient norm is not finite."""
+  for offset, metrics in enumerate(host_metrics):
+    bad = [k for k in GUARDED_METRICS if k in metrics and not np.isfinite(metrics[k])]
+    if bad:
+      values = ", ".join(f"{k}={float(metrics[k])}" for k in bad)
+      where = ("the last good checkpoint is step %d" % last_good_step if last_good_step is not None
+               else "no checkpoint was written")
+      raise NonFiniteError(
+          f"step {first_step + offset}: non-finite {values}; stopping without saving "
+          f"this state ({where}). Lower optim.learning_rate, check the data, or resume from "
+          "that checkpoint.")
 
 
-def initial_params(config: ml_collections.ConfigDict, abstract_params: Any, shardings: Any) -> Any:
-  """Weights from config.train.init_from, retrofitted to VideoJAM if they are a base model's."""
-  loaded = checkpoints.load_weights(config.train.init_from, config.train.init_from_weights)
-  params = retrofit.load_into(loaded, abstract_params, jam=bool(config.model.jam))
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings)
+class Profiler:
+  """jax.profiler traces of the steps in config.train.profile_steps (viewable in
+  TensorBoard's profile plugin or XProf), written under `<workdir>/profile`."""
+
+  def __init__(self, steps: Sequence[int], workdir: epath.Path):
+    self.first, self.last = (min(steps), max(steps)) if steps else (None, None)
+    self.logdir = str(workdir / PROFILE_DIR)
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if self.first is not None and step == self.first and not self.active:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+      logging.info("profiling steps %d-%d into %s", self.first, self.last, self.logdir)
+
+  def after_step(self, step: int, state: TrainState) -> None:
+    if self.active and step >= self.last:
+      jax.block_until_ready(state)   # the trace must contain the steps' device work
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_state_lib.TrainState:
+def initial_state(exp: experiment_lib.Experiment, tx, train_config: ml_collections.ConfigDict,
+                  seed: int) -> TrainState:
+  """A fresh state, with weights from train.init_from when it names another run."""
+  params = None
+  if train_config.init_from:
+    params = runs.load_params(exp.model, train_config.init_from, train_config.init_from_weights)
+    logging.info("initialised from %s (%s weights)", train_config.init_from,
+                 train_config.init_from_weights)
+  return state_lib.init_state(exp.model, tx, jax.random.key(seed), params)
+
+
+def _run_evaluators(scheduled, state: TrainState, step: int, final: bool, writer) -> None:
+  for ev in scheduled:
+    if not ev.due(step, final):
+      continue
+    params = state.ema_params if ev.weights == "ema" else state.params
+    values = {f"{ev.name}/{k}": v for k, v in ev.evaluator.run(params, step)}
+    if values:
+      writer.write_scalars(step, values)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains for config.train.num_steps (resuming if workdir has a checkpoint)."""
   config_checks.check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = epath.Path(workdir)
+  if files.is_local(workdir):
+    workdir = workdir.resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   save_config(config, workdir)
 
-  mesh = sharding.create_mesh(config.mesh)
-  rules = sharding.get_rules(config.mesh.rules)
-  sharding.check_batch_divisible(config.train.batch_size, mesh, rules)
-  logging.info("mesh %s on %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+  exp = experiment_lib.build(config)
+  plan, train = exp.plan, config.train
+  plan.check_batch_divisible(train.batch_size)
+  logging.info("mesh %s on %d devices, %d processes", dict(plan.mesh.shape), jax.device_count(),
                jax.process_count())
 
-  train_ds = input_pipeline.create_dataset(config, config.data.train_split)
+  train_ds = pipeline.create_dataset(config.data, config.data.train_split,
+                                     batch_size=train.batch_size, captions=exp.captions)
   data_iter = iter(train_ds)
-  tx = train_state_lib.create_optimizer(config)
-  abstract_state, state_shardings = train_state_lib.abstract_state_and_shardings(config, mesh, tx)
-  manager = checkpoints.create_manager(workdir, config.train)
-
-  latest = manager.latest_step()
-  if latest is not None:
-    logging.info("resuming from checkpoint at step %d", latest)
-    state = checkpoints.restore(manager, latest, abstract_state, data_iter)
-  else:
-    state, _ = train_state_lib.create_train_state(config, mesh, tx)
-    if config.train.init_from:
-      params = initial_params(config, abstract_state.params, state_shardings.params)
-      state = state.replace(params=params, ema_params=params, opt_state=tx.init(params))
-      logging.info("initialised from %s (%s weights)", config.train.init_from,
-                   config.train.init_from_weights)
-  first_step = int(jax.device_get(state.step))
-  num_steps = config.train.num_steps
-  if first_step >= num_steps:
-    logging.info("already trained to step %d (train.num_steps=%d): nothing to do", first_step, num_steps)
-  logging.info("model: %s parameters", f"{train_state_lib.count_params(state.params):,}")
-
-  spec = input_pipeline.batch_spec(config)
-  step_fn = train_step_lib.make_train_step(config, mesh, tx, state_shardings, spec)
-  # clu's writers load TensorFlow (for TensorBoard): imported here, not at module
-  # import, so that config and flag errors come back in a second.
-  from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-
-  sample_fn = None
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  if first_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
-  # Called every step (clu requires it) but after the metrics fetch below, so its
-  # timed points (multiples of log_every) fall right after a device sync: steps
-  # are dispatched asynchronously and only synced points give true steps/s.
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.train.log_every, every_secs=None)
-  pending: list[dict[str, jax.Array]] = []
-
-  with StopSignal() as stop:
-    step = first_step
-    while step < num_steps:
-      local = next(data_iter)
-      batch = input_pipeline.make_global_batch(local, step_fn.in_batch_shardings)
-      state, metrics = step_fn(state, batch)
-      step += 1
-      pending.append(metrics)
-
-      if step % config.train.log_every == 0 or step == num_steps:
-        # One device->host transfer per logging interval, not per step.
-        host = jax.device_get(pending)
-        means = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
-        means["train/learning_rate"] = float(
-            train_state_lib.learning_rate_schedule(config.optim, num_steps)(step - 1))
-        writer.write_scalars(step, means)
-        pending = []
-      report(step)
-
-      preempted = manager.reached_preemption(step)
-      final = step == num_steps
-      if final or preempted or stop.received or step % config.train.checkpoint_every == 0:
-        checkpoints.save(manager, step, state, data_iter)
-
-      if step % config.train.sample_every == 0 or final:
-        if sample_fn is None:
-          settings = sampler_lib.settings_from_config(config.sample)
-          if not config.model.jam and settings.guidance == "inner":
-            settings = sampler_lib.settings_from_config(config.sample, guidance="cfg")
-          sample_fn = sampler_lib.make_sampler(config, mesh, settings)
-          captions = eval_captions(config, config.sample.num_samples)
-        videos, motions = samples.generate(sample_fn, state.ema_params, config, captions, config.seed)
-        if is_main:
-          paths = samples.write_samples(os.path.join(workdir, "samples", f"step_{step:06d}"),
-                                        videos, motions, captions, config.sample.fps,
-                                        config.data.flow_sigma)
-          logging.info("wrote %d samples to %s", len(paths), os.path.dirname(paths[0]))
-
-      if stop.received or preempted:
-        logging.warning("stopping at step %d after saving a checkpoint", step)
-        break
-
-  manager.wait_until_finished()
-  writer.flush()
-  manager.close()
-  return state
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+  tx = state_lib.create_optimizer(config.optim, train.num_steps)
+  abstract = state_lib.abstract_state(exp.model, tx)
+  manager = checkpoints.create_manager(str(workdir), train)
+  writer = None
+  try:
+    state, restored_step = checkpoints.restore_latest(manager, abstract, data_iter)
+    if state is None:
+      state = initial_state(exp, tx, train, config.seed)
     else:
-      out[f"{prefix}{k}"] = v
-  return out
+      logging.info("resuming from checkpoint at step %d", restored_step)
+    last_saved = restored_step
+    first_step = int(jax.device_get(state.step))
+    num_steps = int(train.num_steps)
+    if first_step >= num_steps:
+      logging.info("already trained to step %d (train.num_steps=%d): nothing to do",
+                   first_step, num_steps)
+    if is_main:
+      parameter_overview.log_parameter_overview(
+          state.params, include_stats=jax.process_count() == 1, msg="model parameters")
+    logging.info("model: %s parameters", f"{state_lib.count_params(state.params):,}")
+
+    step_fn = step_lib.TrainStep(
+        exp.model, tx, loss_config=config.loss, ema_decay=config.optim.ema_decay,
+        grad_accum_steps=config.optim.grad_accum_steps, seed=config.seed,
+        state_shardings=state_lib.shardings(abstract),
+        batch_spec=pipeline.batch_spec(exp.video_shape, exp.captions, train.batch_size))
+    writer = metric_writer.create_writer(str(workdir), is_main=is_main,
+                                         backend=train.metric_writer)
+    if first_step == 0:
+      writer.write_hparams({k: v for k, v in traverse_util.flatten_dict(
+          config.to_dict(), sep=".").items() if isinstance(v, (int, float, str, bool))})
+    scheduled = evaluators_lib.create(config.evals, evaluators_lib.EvalContext(exp, workdir))
+    progress = metric_writer.ProgressReporter(writer, num_steps=num_steps)
+    progress(first_step)
+    profiler = Profiler(tuple(train.profile_steps), workdir)
+    learning_rate = state_lib.learning_rate_schedule(config.optim, num_steps)
+    pending: list[dict[str, jax.Array]] = []
+
+    # The stop step is agreed by all processes (preemption.py).
+    with preemption.StopRequest(first_step) as stop:
+      step = first_step
+      while step < num_steps:
+        batch = pipeline.make_global_batch(next(data_iter), step_fn.batch_shardings)
+        profiler.before_step(step + 1)
+        # Everything the step needs is on the devices already: an implicit
+        # host-to-device transfer here would be a bug (and a silent slowdown).
+        with jax.transfer_guard("disallow"):
+          state, metrics = step_fn(state, batch)
+        step += 1
+        profiler.after_step(step, state)
+        pending.append(metrics)
+
+        final = step == num_steps
+        stopping = stop.should_stop(step)
+        saving = final or stopping or step % train.checkpoint_every == 0
+        if saving or step % train.log_every == 0:
+          # One device->host transfer per logging interval, not per step; and always
+          # before a save, so that a non-finite state is never written.
+          host = jax.device_get(pending)
+          pending = []
+          check_finite(host, step - len(host) + 1, last_saved)
+          means = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+          means["train/learning_rate"] = float(learning_rate(step - 1))
+          writer.write_scalars(step, means)
+          progress(step)
+        if saving:
+          checkpoints.save(manager, step, state, data_iter)
+          last_saved = step
+        _run_evaluators(scheduled, state, step, final, writer)
+        if stopping:
+          logging.warning("stopping at step %d after saving a checkpoint (%s)", step,
+                          stop.reason)
+          break
+    profiler.stop()
+    return state
+  finally:
+    # Whatever ended the loop (the end, a stop request, an exception in an evaluator
+    # or in logging), a save in flight completes: its checkpoint is never lost.
+    manager.wait_until_finished()
+    manager.close()
+    if writer is not None:
+      writer.close()

@@ -1,29 +1,31 @@
-"""Loading a trained run (its config and weights) for sampling.
+"""Loading a trained run: its config, and its weights into a model's shardings.
 
 A training workdir holds `config.json`, the exact config of the run as the
 trainer saved it, and `checkpoints/`. The config is read from there rather than
 from the training config file: command-line overrides (`--config.model.jam=False`,
 sizes, ...) are only recorded in the JSON. JSON has no tuples, so lists are read
 back as tuples (config fields such as model.patch_size are tuples).
+
+`load_params` is the one way weights enter a model: `train.init_from` and
+offline evaluation both use it. Weights are restored straight into the target
+shardings (no host copy of the whole model), and a base model's weights are
+retrofitted to VideoJAM on the way in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import Mesh
+from etils import epath
 
-from videojam_jax.training import checkpoints
+from videojam_jax.model import functional
 from videojam_jax.model import retrofit
-from videojam_jax.parallel import sharding
-from videojam_jax.training import state as train_state_lib
+from videojam_jax.training import checkpoints
+from videojam_jax.training import experiment as experiment_lib
 
 CONFIG_FILE = "config.json"
 
@@ -45,27 +47,21 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(json.loads(text)))
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+def load_run_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
   """The config a training run saved in `workdir/config.json`."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise RunNotFoundError(f"{workdir!r} has no {CONFIG_FILE}: is it a training workdir "
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise RunNotFoundError(f"{str(workdir)!r} has no {CONFIG_FILE}: is it a training workdir "
                            "(python -m videojam_jax.train --workdir ...)?")
-  with open(path, encoding="utf-8") as f:
-    return config_from_json(f.read())
+  return config_from_json(path.read_text())
 
 
-def latest_step(workdir: str) -> int:
-  """The step of the newest checkpoint in `workdir/checkpoints`."""
-  directory = checkpoints.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    raise RunNotFoundError(f"{workdir!r} has no checkpoints folder ({directory})")
-  with ocp.CheckpointManager(directory, item_names=(checkpoints.STATE,
-                                                    checkpoints.DATA_ITERATOR)) as manager:
-    step = manager.latest_step()
-  if step is None:
-    raise RunNotFoundError(f"{directory} holds no finished checkpoint")
-  return int(step)
+def latest_step(workdir: epath.PathLike) -> int:
+  """The step of the newest finished checkpoint in `workdir/checkpoints`."""
+  try:
+    return checkpoints.latest_finished_step(workdir)
+  except checkpoints.CheckpointNotFoundError as e:
+    raise RunNotFoundError(str(e)) from e
 
 
 def with_mesh_config(config: ml_collections.ConfigDict,
@@ -93,33 +89,44 @@ class RunInfo:
 def run_info(name: str, workdir: str,
              mesh_config: ml_collections.ConfigDict | None = None) -> RunInfo:
   """The config and latest checkpoint step of the run in `workdir` (cheap)."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  path = epath.Path(workdir).expanduser()
+  workdir = str(path if "://" in str(path) else path.resolve())
   config = with_mesh_config(load_run_config(workdir), mesh_config)
   return RunInfo(name, workdir, config, latest_step(workdir))
 
 
+def load_params(model: functional.FunctionalModel, path: str, which: str = "ema", *,
+                step: int | None = None) -> Any:
+  """A run's `which` weights ('ema' | 'params') in `model`'s shardings.
+
+  `path` is a run's workdir or its checkpoints/ folder. A base (pixel-only)
+  checkpoint loaded into a VideoJAM model is retrofitted (`retrofit.base_to_jam`:
+  zero motion input rows, the motion head a copy of the video head); a VideoJAM
+  checkpoint cannot go into a baseline model.
+  """
+  saved = checkpoints.params_metadata(path, which, step=step)
+  target = model.abstract_params
+  if model.jam and not retrofit.is_jam(saved):
+    base = checkpoints.load_params(path, which, retrofit.base_params_like(target), step=step)
+    with model.plan.active():
+      return jax.jit(lambda p: retrofit.base_to_jam(p, target),
+                     out_shardings=model.shardings)(base)
+  if not model.jam and retrofit.is_jam(saved):
+    raise retrofit.RetrofitError(
+        f"{path}: a VideoJAM checkpoint cannot be loaded into a baseline model (model.jam=False)")
+  return checkpoints.load_params(path, which, target, step=step)
+
+
 @dataclasses.dataclass
 class LoadedModel:
-  """A run's weights placed on `mesh`, ready for `sampler.make_sampler(info.config, mesh, ...)`."""
+  """A run's weights placed on its experiment's mesh."""
   info: RunInfo
-  mesh: Mesh
+  experiment: experiment_lib.Experiment
   params: Any
 
 
 def load_model(info: RunInfo, weights: str = "ema") -> LoadedModel:
-  """Loads `weights` ('ema' or 'params') of `info`'s latest checkpoint onto its mesh.
-
-  Raises if a newer checkpoint appeared since `info` was read, so a result is
-  never labelled with a step other than the one that made it.
-  """
-  config = info.config
-  mesh = sharding.create_mesh(config.mesh)
-  tx = train_state_lib.create_optimizer(config)
-  abstract, shardings = train_state_lib.abstract_state_and_shardings(config, mesh, tx)
-  loaded = checkpoints.load_weights(info.workdir, weights)
-  if latest_step(info.workdir) != info.step:
-    raise RuntimeError(f"{info.workdir}: a new checkpoint appeared while loading step "
-                       f"{info.step}; rerun when training has stopped or saved")
-  params = retrofit.load_into(loaded, abstract.params, jam=info.jam)
-  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings.params)
-  return LoadedModel(info, mesh, params)
+  """Loads `weights` ('ema' or 'params') of `info`'s checkpoint at `info.step`."""
+  experiment = experiment_lib.build(info.config)
+  params = load_params(experiment.model, info.workdir, weights, step=info.step)
+  return LoadedModel(info, experiment, params)

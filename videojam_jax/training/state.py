@@ -1,30 +1,27 @@
-"""Train state, optimiser and sharded initialisation.
+"""Train state and optimiser, created directly in their sharded layout.
 
-Parameters are float32 master weights (compute dtype is config.model.dtype).
-The state is created directly in its sharded layout: `jax.eval_shape` gives the
-abstract tree with logical names, sharding.py maps them to mesh axes, and the
-init function is jitted with those out_shardings, so no host ever holds the
-whole model.
+Parameters are float32 master weights (the compute dtype is config.model.dtype).
+The state is a pytree of arrays (params as nested dicts, optax state, EMA): what
+Orbax saves and the jitted step donates. Its shardings come from the model's
+logical axis names (`FunctionalModel.shardings`); the optimiser's moments share
+their parameter's sharding (`optax.tree_map_params`), scalars are replicated.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
 
-from videojam_jax.model import dit as model_lib
-from videojam_jax.parallel import sharding
+from videojam_jax.model import functional
 
 
 class TrainState(flax.struct.PyTreeNode):
-  step: jnp.ndarray
+  step: jax.Array
   params: Any
   ema_params: Any
   opt_state: optax.OptState
@@ -42,51 +39,47 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
   raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clipping + AdamW on the warmup/decay schedule."""
-  optim = config.optim
+def create_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping + AdamW on the warmup/decay schedule (config.optim)."""
   return optax.chain(
       optax.clip_by_global_norm(optim.grad_clip_norm),
-      optax.adamw(learning_rate_schedule(optim, config.train.num_steps),
+      optax.adamw(learning_rate_schedule(optim, num_steps),
                   b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
 
 
-def _init_fn(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
-  model = model_lib.build_model(config)
+def abstract_state(model: functional.FunctionalModel,
+                   tx: optax.GradientTransformation) -> TrainState:
+  """The state's shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves), allocating nothing."""
+  params = model.abstract_params
+  replicated = model.plan.replicated()
+  opt_state = jax.eval_shape(tx.init, params)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, opt_state, model.shardings,
+      transform_non_params=lambda _: replicated)
+  with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+  return TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
+      ema_params=params, opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings))
 
-  def init(rng: jax.Array) -> TrainState:
-    variables = model.init(rng, **model_lib.dummy_inputs(config))
-    params = variables["params"]
+
+def shardings(state: TrainState) -> TrainState:
+  """The NamedSharding of every leaf of an (abstract or concrete) state."""
+  return jax.tree.map(lambda a: a.sharding, state)
+
+
+def init_state(model: functional.FunctionalModel, tx: optax.GradientTransformation,
+               key: jax.Array, params: Any | None = None) -> TrainState:
+  """A fresh state in its shardings: new parameters from `key`, or the given `params`
+  (e.g. loaded from another run) with a fresh optimiser and EMA."""
+  target = shardings(abstract_state(model, tx))
+  if params is None:
+    params = model.init(key)
+
+  def create(params: Any) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=params, opt_state=tx.init(params))
-  return init
-
-
-def abstract_state_and_shardings(config: ml_collections.ConfigDict, mesh: Mesh,
-                                 tx: optax.GradientTransformation) -> tuple[TrainState, TrainState]:
-  """(abstract unboxed state, its NamedShardings) without allocating anything."""
-  rules = sharding.get_rules(config.mesh.rules)
-  boxed = jax.eval_shape(_init_fn(config, tx), jax.random.key(0))
-  shardings = sharding.tree_shardings(mesh, rules, boxed)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nn.unbox(boxed), shardings)
-  return abstract, shardings
-
-
-def create_train_state(config: ml_collections.ConfigDict, mesh: Mesh,
-                       tx: optax.GradientTransformation) -> tuple[TrainState, TrainState]:
-  """A freshly initialised, sharded train state and its shardings."""
-  rules = sharding.get_rules(config.mesh.rules)
-  _, shardings = abstract_state_and_shardings(config, mesh, tx)
-  init = _init_fn(config, tx)
-  # out_shardings places the state; no mesh in scope here because Flax would also
-  # constrain each scanned block's params inside nn.scan, where the 'layers' axis
-  # is already sliced off.
-  with nn.logical_axis_rules(rules):
-    state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(
-        jax.random.key(config.seed))
-  return state, shardings
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+  with model.plan.active():
+    return jax.jit(create, out_shardings=target)(params)
 
 
 def count_params(params: Any) -> int:

@@ -1,4 +1,5 @@
-"""videojam_jax.aot: compile the real train step for a TPU slice on this CPU machine."""
+"""videojam_jax/parallel/tpu_compile.py and `python -m videojam_jax.aot`: compile the real
+train step for a TPU slice on this CPU machine."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import sys
 import pytest
 
 from configs import tiny
-from videojam_jax import aot
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO
+from videojam_jax.parallel import tpu_compile as aot
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 # Width 256 (head dim 128): big enough that TPU tile padding of small arrays does
 # not hide the sharding in the per-chip memory.

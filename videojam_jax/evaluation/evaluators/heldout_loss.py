@@ -1,0 +1,98 @@
+"""Held-out flow-matching loss at fixed times, video and motion separately.
+
+The first `num_clips` clips of a split (the eval split by default) are loaded once.
+At each time t in `times` every clip meets the same noise at every evaluation
+(`flow_matching.fixed_time_losses`: noise drawn from (seed, t index, clip index)),
+with its caption and motion kept: the curves compare across steps and across runs.
+Yields `video_loss_t<t>` and `motion_loss_t<t>` for each t, and their means over the
+times, `video_loss` and `motion_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from videojam_jax.data import pipeline
+from videojam_jax.evaluation import evaluators
+from videojam_jax.training import flow_matching
+
+OPTIONS = ("split", "num_clips", "batch_size", "times", "seed")
+DEFAULT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+class Evaluator:
+  """Mean held-out losses of `num_clips` fixed clips at each of `times`."""
+
+  def __init__(self, options: ml_collections.ConfigDict, context: evaluators.EvalContext):
+    evaluators.check_known(options, OPTIONS, "heldout_loss")
+    exp = context.experiment
+    self._model, self._plan = exp.model, exp.plan
+    config = exp.config
+    self.split = str(evaluators.option(options, "split", config.data.eval_split))
+    self.times = tuple(float(t) for t in evaluators.option(options, "times", DEFAULT_TIMES))
+    if not self.times or not all(0.0 <= t <= 1.0 for t in self.times):
+      raise evaluators.EvaluatorConfigError(f"heldout_loss.times={self.times} must be in [0, 1]")
+    self._key = jax.random.key(int(evaluators.option(options, "seed", 0)))
+    num_clips = int(evaluators.option(options, "num_clips", 32))
+    batch_size = int(evaluators.option(options, "batch_size", 8))
+    self._plan.check_batch_divisible(batch_size, "heldout_loss.batch_size")
+    self._batches, self.num_clips = self._load(config.data, exp.captions, num_clips, batch_size)
+    logging.info("heldout_loss: %d clips of split %r at t = %s", self.num_clips, self.split,
+                 self.times)
+    jam = self._model.jam
+
+    def losses(params, batch, t, key):
+      per_clip = flow_matching.fixed_time_losses(self._model.apply, params, batch, t, key, jam)
+      weight = batch["weight"]
+      return {k: jnp.sum(v * weight) for k, v in per_clip.items()}
+
+    self._losses = jax.jit(losses)
+
+  def _load(self, data_config, captions, num_clips: int, batch_size: int):
+    """The split's first num_clips clips as global batches, the last one padded (weight 0)."""
+    local_batch = batch_size // jax.process_count()
+    ds = pipeline.create_dataset(data_config, self.split, batch_size=batch_size,
+                                 captions=captions, shuffle=False, repeat=False,
+                                 with_index=True, drop_remainder=False)
+    batches, count = [], 0
+    for local in ds:
+      keep = np.asarray(local["clip_index"]) < num_clips
+      if not keep.any():
+        break
+      rows = {k: np.asarray(v)[keep] for k, v in local.items()}
+      n = int(keep.sum())
+      pad = local_batch - n
+      padded = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
+                for k, v in rows.items()}
+      padded["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+      shardings = {k: self._plan.batch_sharding(v.ndim) for k, v in padded.items()}
+      batches.append(pipeline.make_global_batch(padded, shardings))
+      count += n
+    if not batches:
+      raise ValueError(f"heldout_loss: split {self.split!r} gave no clips")
+    total = int(jax.device_get(sum(jnp.sum(b["weight"]) for b in batches)))
+    return batches, total
+
+  def run(self, params: Any, step: int) -> Iterator[tuple[str, float]]:
+    del step
+    sums: dict[str, list[jax.Array]] = {}
+    with self._plan.active():
+      for i, t in enumerate(self.times):
+        key = jax.random.fold_in(self._key, i)
+        for batch in self._batches:
+          for name, value in self._losses(params, batch, jnp.float32(t), key).items():
+            sums.setdefault(name, [jnp.zeros(())] * len(self.times))
+            sums[name][i] = sums[name][i] + value
+    host = jax.device_get(sums)
+    for name, per_time in host.items():
+      means = [float(v) / self.num_clips for v in per_time]
+      for t, mean in zip(self.times, means):
+        yield f"{name}_t{t:g}", mean
+      yield name, float(np.mean(means))

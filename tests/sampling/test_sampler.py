@@ -1,6 +1,7 @@
 """Tests for flow-matching sampling with CFG and Inner-Guidance (videojam_jax/sampling/sampler.py)."""
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -334,3 +335,16 @@ def test_settings_from_config_reads_the_sample_section(tiny_jam):
   del incomplete["solver"]
   with pytest.raises(sampler_lib.GuidanceError, match=r"lack \['solver'\]"):
     sampler_lib.settings_from_config(incomplete)
+
+
+@pytest.mark.parametrize("schedule,theirs", [("flow_match_euler", "euler"), ("unipc_flow", "unipc")])
+@pytest.mark.parametrize("shift", [3.0, 5.0])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_time_grid_matches_the_diffusers_schedulers(schedule, theirs, shift, steps):
+  """Sigmas recorded from diffusers (tests/fixtures/wan/make_fixtures.py); ours run the
+  other way (t = 1 - sigma)."""
+  fixtures = np.load(pathlib.Path(__file__).parents[1] / "fixtures" / "wan" / "outputs.npz")
+  sigmas = fixtures[f"sigmas_{theirs}_shift{shift:g}_steps{steps}"]
+  times = sampler_lib.time_grid(steps, shift, schedule)
+  assert times.shape == sigmas.shape == (steps + 1,)
+  np.testing.assert_allclose(1.0 - times.astype(np.float64), sigmas, rtol=0, atol=2e-7)

@@ -57,12 +57,33 @@ class FunctionalModel:
     return self.module(params).encode_text(text, text_mask)
 
   def init(self, key: jax.Array) -> Params:
-    """Freshly initialised parameters, created directly in their shardings (jit with
-    out_shardings: no host ever holds the whole model)."""
-    def create(key: jax.Array) -> Params:
-      return nnx.to_pure_dict(nnx.state(self._create(nnx.Rngs(params=key))))
-    with self.plan.active():
-      return jax.jit(create, out_shardings=self.shardings)(key)
+    """Freshly initialised parameters, created directly in their shardings."""
+    return init_params(self._create, self.abstract_params, self.plan, key)
+
+
+def init_params(create: Callable[[nnx.Rngs], nnx.Module], abstract_params: Params,
+                plan: sharding.ShardingPlan, key: jax.Array) -> Params:
+  """The parameters of `create(rngs)`, initialised in one jitted program with
+  out_shardings: each lands straight in its sharding, no host holds the whole model,
+  and a many-layered model is not initialised op by op."""
+  def init(key: jax.Array) -> Params:
+    return nnx.to_pure_dict(nnx.state(create(nnx.Rngs(params=key))))
+  with plan.active():
+    return jax.jit(init, out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params))(key)
+
+
+def abstract_split(create: Callable[[], nnx.Module],
+                   plan: sharding.ShardingPlan) -> tuple[nnx.GraphDef, Params]:
+  """(graphdef, abstract params): `create()` traced abstractly (nothing allocated) and
+  split once; each leaf a ShapeDtypeStruct with the NamedSharding its logical axis
+  names map to on `plan`."""
+  with plan.active():
+    abstract = nnx.eval_shape(create)
+  graphdef, state = nnx.split(abstract)
+  shardings = nnx.to_pure_dict(plan.tree_shardings(state))
+  params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nnx.to_pure_dict(state), shardings)
+  return graphdef, params
 
 
 def build(model_config: ml_collections.ConfigDict, video_shape: dit.VideoShape,
@@ -70,12 +91,6 @@ def build(model_config: ml_collections.ConfigDict, video_shape: dit.VideoShape,
   """Builds the DiT of `model_config` abstractly (nothing allocated) and splits it once."""
   def create(rngs: nnx.Rngs) -> dit.VideoDiT:
     return dit.build_model(model_config, video_shape, rngs=rngs)
-  with plan.active():
-    abstract = nnx.eval_shape(lambda: create(nnx.Rngs(params=0)))
-  graphdef, state = nnx.split(abstract)
-  shardings = nnx.to_pure_dict(plan.tree_shardings(state))
-  abstract_params = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      nnx.to_pure_dict(state), shardings)
+  graphdef, abstract_params = abstract_split(lambda: create(nnx.Rngs(params=0)), plan)
   return FunctionalModel(graphdef, abstract_params, video_shape, bool(model_config.jam), plan,
                          create)

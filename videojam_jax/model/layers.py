@@ -50,9 +50,9 @@ class LayerNorm(nnx.LayerNorm):
   the output is cast back to the compute dtype."""
 
   def __init__(self, features: int, *, affine: bool = True, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               epsilon: float = LAYER_NORM_EPSILON, rngs: nnx.Rngs):
     super().__init__(
-        features, epsilon=LAYER_NORM_EPSILON, use_scale=affine, use_bias=affine,
+        features, epsilon=epsilon, use_scale=affine, use_bias=affine,
         dtype=jnp.float32, param_dtype=jnp.float32,
         scale_init=_partitioned(nnx.initializers.ones_init(), ("norm",)),
         bias_init=_partitioned(nnx.initializers.zeros_init(), ("norm",)), rngs=rngs)

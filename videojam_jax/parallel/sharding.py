@@ -49,6 +49,7 @@ DEFAULT_RULES: LogicalRules = (
     ("vocab", None),
     ("norm", None),
     ("layers", None),
+    ("conv", None),          # VAE conv channels: the VAE is small, replicated
 )
 
 # Sequence parallel variant for very long videos: tokens split over tensor.

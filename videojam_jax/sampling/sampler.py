@@ -80,15 +80,41 @@ def settings_from_config(sample_config: ml_collections.ConfigDict, **overrides: 
   return SamplerSettings(**values)
 
 
-def time_grid(num_steps: int, shift: float) -> np.ndarray:
+TIME_SCHEDULES = ("uniform", "flow_match_euler", "unipc_flow")
+TRAIN_TIMESTEPS = 1000   # the diffusers schedulers' num_train_timesteps (Wan's configs)
+UNIPC_FIRST_SIGMA_OFFSET = 1e-6   # UniPC keeps its first sigma below 1 (log(alpha) finite)
+
+
+def _shifted(s: np.ndarray, shift: float) -> np.ndarray:
+  return shift * s / (1.0 + (shift - 1.0) * s)
+
+
+def time_grid(num_steps: int, shift: float, schedule: str = "uniform") -> np.ndarray:
   """num_steps + 1 times from 0 to 1 (float32); shift > 1 spends more steps near noise.
 
   With noise level s = 1 - t, the shifted level is s' = shift s / (1 + (shift - 1) s)
   (the SD3 / Flux time shift written in our t = 0 is noise convention). Host
-  numpy: the grid depends only on the settings.
+  numpy: the grid depends only on the settings. `schedule` places the levels:
+
+    uniform           s evenly from 1 to 0, then shifted;
+    flow_match_euler  diffusers' FlowMatchEulerDiscreteScheduler (shift=...): s evenly
+                      from 1 to the shifted 1/1000, shifted (again), then 0;
+    unipc_flow        diffusers' UniPCMultistepScheduler with use_flow_sigmas and
+                      flow_shift=... (Wan's default pipelines): s evenly from 1 towards
+                      1/1000 (num_steps of num_steps + 1 points), shifted, the first
+                      lowered by 1e-6 as there, then 0.
   """
-  s = 1.0 - np.linspace(0.0, 1.0, num_steps + 1)
-  s = shift * s / (1.0 + (shift - 1.0) * s)
+  if schedule == "uniform":
+    s = _shifted(1.0 - np.linspace(0.0, 1.0, num_steps + 1), shift)
+  elif schedule == "flow_match_euler":
+    s_min = _shifted(np.float64(1.0 / TRAIN_TIMESTEPS), shift)
+    s = np.append(_shifted(np.linspace(1.0, s_min, num_steps), shift), 0.0)
+  elif schedule == "unipc_flow":
+    s = _shifted(np.linspace(1.0, 1.0 / TRAIN_TIMESTEPS, num_steps + 1)[:-1], shift)
+    s[0] -= UNIPC_FIRST_SIGMA_OFFSET
+    s = np.append(s, 0.0)
+  else:
+    raise GuidanceError(f"time schedule must be one of {TIME_SCHEDULES}, got {schedule!r}")
   return (1.0 - s).astype(np.float32)
 
 

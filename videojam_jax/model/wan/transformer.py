@@ -1,0 +1,341 @@
+"""The Wan 2.1 text-to-video transformer (diffusers' `WanTransformer3DModel`) in Flax NNX.
+
+Same computation as the reference, in our conventions:
+- channels-last clips [B, F, H, W, C] (the reference is [B, C, F, H, W]);
+- the Conv3d patch embedding (kernel = stride = patch) written as patchify + a
+  Linear, which is the same product; the output is ordered (p_t, p_h, p_w, c) as
+  the reference's `proj_out`;
+- the blocks stacked on a leading 'layers' axis and run with `nnx.scan`
+  (optionally `nnx.remat`), logical axis names on every weight;
+- float32 master weights, compute in `dtype`; norms, modulation and the time
+  embedding in float32 as the reference keeps them.
+
+Time is the reference's: `timestep` in [0, 1000], 1000 = pure noise, and the
+output is its velocity (noise - data). VideoJAM's wrapper (t = 0 noise, u = data -
+noise) converts at its boundary, not here, so this module stays checkable
+against diffusers number for number.
+
+Image-to-video conditioning (`image_dim`, `added_kv_proj_dim`) is not built:
+`WanTransformerConfig.from_diffusers` refuses such checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from videojam_jax.model import attention as attention_lib
+from videojam_jax.model import dit
+from videojam_jax.model import layers
+from videojam_jax.parallel import sharding
+
+TOKENS = ("activation_batch", "activation_length", "activation_embed")
+ROPE_THETA = 10000.0
+TIMESTEP_PERIOD = 10000.0
+SCALE_SHIFT_INIT_STDDEV_TIMES_SQRT_DIM = 1.0   # reference: randn(...) / dim**0.5
+
+
+class WanConfigError(ValueError):
+  """A Wan config (ours or a checkpoint's config.json) that this port cannot build."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WanTransformerConfig:
+  """The architecture, with the field names of diffusers' config.json.
+
+  Defaults are Wan2.1-T2V-1.3B's published config.
+  """
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  num_attention_heads: int = 12
+  attention_head_dim: int = 128
+  in_channels: int = 16
+  out_channels: int = 16
+  text_dim: int = 4096
+  freq_dim: int = 256
+  ffn_dim: int = 8960
+  num_layers: int = 30
+  cross_attn_norm: bool = True
+  qk_norm: str = "rms_norm_across_heads"
+  eps: float = 1e-6
+  rope_max_seq_len: int = 1024
+
+  def __post_init__(self):
+    object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+    if self.qk_norm != "rms_norm_across_heads":
+      raise WanConfigError(f"qk_norm={self.qk_norm!r}: only 'rms_norm_across_heads' (Wan 2.1) "
+                           "is implemented")
+    if self.attention_head_dim % 2 or self.attention_head_dim < 6:
+      raise WanConfigError(f"attention_head_dim={self.attention_head_dim} must be even and >= 6 "
+                           "(it is split over the t/h/w rotary axes)")
+
+  @property
+  def dim(self) -> int:
+    return self.num_attention_heads * self.attention_head_dim
+
+  @classmethod
+  def from_diffusers(cls, config: dict[str, Any]) -> "WanTransformerConfig":
+    """From a diffusers `WanTransformer3DModel` config.json (its dict)."""
+    if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
+      raise WanConfigError("this is an image-to-video Wan checkpoint (image_dim / "
+                           "added_kv_proj_dim set); only text-to-video is implemented")
+    if config.get("pos_embed_seq_len") is not None:
+      raise WanConfigError("pos_embed_seq_len is set (FLF2V); only text-to-video is implemented")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in config.items() if k in fields}
+    if kwargs.get("out_channels") is None:
+      kwargs["out_channels"] = kwargs.get("in_channels", cls.in_channels)
+    return cls(**kwargs)
+
+  def to_diffusers(self) -> dict[str, Any]:
+    """The config.json dict diffusers builds the same model from."""
+    out = dataclasses.asdict(self)
+    out["patch_size"] = list(self.patch_size)
+    out.update(_class_name="WanTransformer3DModel", image_dim=None, added_kv_proj_dim=None,
+               pos_embed_seq_len=None)
+    return out
+
+
+# The published Wan 2.1 text-to-video architectures (the config.json of
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-T2V-14B-Diffusers, transformer/).
+PUBLISHED = {
+    "1.3b": WanTransformerConfig(num_attention_heads=12, ffn_dim=8960, num_layers=30),
+    "14b": WanTransformerConfig(num_attention_heads=40, ffn_dim=13824, num_layers=40),
+}
+
+
+def published_config(size: str) -> WanTransformerConfig:
+  """Wan2.1-T2V-1.3B ("1.3b") or -14B ("14b")."""
+  if size not in PUBLISHED:
+    raise WanConfigError(f"unknown Wan 2.1 size {size!r}; choose one of {sorted(PUBLISHED)}")
+  return PUBLISHED[size]
+
+
+def rope_angles(grid: tuple[int, int, int], head_dim: int, max_seq_len: int,
+                theta: float = ROPE_THETA) -> np.ndarray:
+  """Rotary angles [F*H*W, head_dim // 2] for a (frames, height, width) token grid.
+
+  head_dim is split as the reference splits it (128 -> 44 / 42 / 42 channels for
+  t / h / w); each axis rotates its channel pairs by position * theta^(-2i/d).
+  Computed in float64 on the host (the reference does too), then used as float32.
+  """
+  if max(grid) > max_seq_len:
+    raise WanConfigError(f"token grid {grid} exceeds rope_max_seq_len={max_seq_len}")
+  h_dim = w_dim = 2 * (head_dim // 6)
+  t_dim = head_dim - h_dim - w_dim
+  parts = []
+  for axis, (n, d) in enumerate(zip(grid, (t_dim, h_dim, w_dim))):
+    freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    angles = np.arange(n, dtype=np.float64)[:, None] * freqs[None]          # [n, d/2]
+    shape = [1, 1, 1, d // 2]
+    shape[axis] = n
+    parts.append(np.broadcast_to(angles.reshape(shape), (*grid, d // 2)))
+  return np.concatenate(parts, axis=-1).reshape(-1, head_dim // 2)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates interleaved channel pairs (x[2i], x[2i+1]) of x [B, N, H, D] by the angles
+  whose cos / sin are [N, D/2]."""
+  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  x1, x2 = pairs[..., 0], pairs[..., 1]
+  cos, sin = cos[None, :, None], sin[None, :, None]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+def timestep_features(timestep: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal features of timesteps [B] (reference: flip_sin_to_cos, no shift) -> [B, dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-np.log(TIMESTEP_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = timestep.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class HeadsRMSNorm(nnx.Module):
+  """RMSNorm over all heads together (the reference normalises the flat q / k), in float32."""
+
+  def __init__(self, num_heads: int, head_dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.weight = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("heads", "kv"))(
+        rngs.params(), (num_heads, head_dim), jnp.float32))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    rms = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=(-2, -1), keepdims=True) + self.eps)
+    return (x32 * rms * self.weight[...]).astype(x.dtype)
+
+
+class WanAttention(nnx.Module):
+  """Self- or cross-attention with q / k RMSNorm across heads and optional rotary angles."""
+
+  def __init__(self, dim: int, num_heads: int, eps: float, *, dtype: Any,
+               attention_impl: str, rngs: nnx.Rngs):
+    head_dim = dim // num_heads
+
+    def proj(in_axes, out_features, axis, kernel_axes, bias_axes):
+      return nnx.LinearGeneral(
+          in_axes, out_features, axis=axis, dtype=dtype, param_dtype=jnp.float32,
+          kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), kernel_axes),
+          bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), bias_axes), rngs=rngs)
+
+    qkv = lambda: proj(dim, (num_heads, head_dim), -1, ("embed", "heads", "kv"), ("heads", "kv"))
+    self.to_q, self.to_k, self.to_v = qkv(), qkv(), qkv()
+    self.to_out = proj((num_heads, head_dim), dim, (-2, -1), ("heads", "kv", "embed"), ("embed",))
+    self.norm_q = HeadsRMSNorm(num_heads, head_dim, eps, rngs=rngs)
+    self.norm_k = HeadsRMSNorm(num_heads, head_dim, eps, rngs=rngs)
+    self.attention_impl = attention_impl
+
+  def __call__(self, x: jax.Array, context: jax.Array | None = None,
+               rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    context = x if context is None else context
+    q = self.norm_q(self.to_q(x))
+    k = self.norm_k(self.to_k(context))
+    v = self.to_v(context)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads",
+                               "activation_kv"))
+    out = attention_lib.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    return self.to_out(out)
+
+
+class FeedForward(nnx.Module):
+  """Linear, GELU (tanh approximation), Linear."""
+
+  def __init__(self, dim: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.proj_in = layers.linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.proj_out = layers.linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.gelu(self.proj_in(x), approximate=True)
+    h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return self.proj_out(h)
+
+
+def _scale_shift_table(count: int, dim: int, rngs: nnx.Rngs) -> nnx.Param:
+  init = nnx.initializers.normal(SCALE_SHIFT_INIT_STDDEV_TIMES_SQRT_DIM / dim ** 0.5)
+  return nnx.Param(nnx.with_partitioning(init, (None, None, "embed"))(
+      rngs.params(), (1, count, dim), jnp.float32))
+
+
+class WanTransformerBlock(nnx.Module):
+  """Modulated self-attention (rotary), cross-attention to the text, modulated FFN."""
+
+  def __init__(self, config: WanTransformerConfig, *, dtype: Any, attention_impl: str,
+               rngs: nnx.Rngs):
+    dim, eps = config.dim, config.eps
+    attn = lambda: WanAttention(dim, config.num_attention_heads, eps, dtype=dtype,
+                                attention_impl=attention_impl, rngs=rngs)
+    self.norm1 = layers.LayerNorm(dim, affine=False, epsilon=eps, rngs=rngs)
+    self.attn1 = attn()
+    self.norm2 = (layers.LayerNorm(dim, affine=True, epsilon=eps, rngs=rngs)
+                  if config.cross_attn_norm else None)
+    self.attn2 = attn()
+    self.ffn = FeedForward(dim, config.ffn_dim, dtype=dtype, rngs=rngs)
+    self.norm3 = layers.LayerNorm(dim, affine=False, epsilon=eps, rngs=rngs)
+    self.scale_shift_table = _scale_shift_table(6, dim, rngs)
+
+  def __call__(self, x: jax.Array, text: jax.Array, timestep_proj: jax.Array,
+               rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    mod = self.scale_shift_table[...] + timestep_proj            # [B, 6, D] float32
+    shift1, scale1, gate1, shift2, scale2, gate2 = (mod[:, i:i + 1] for i in range(6))
+    dtype = x.dtype
+    h = (self.norm1(x) * (1 + scale1) + shift1).astype(dtype)
+    x = (x.astype(jnp.float32) + self.attn1(h, rope=rope) * gate1).astype(dtype)
+    h = x if self.norm2 is None else self.norm2(x).astype(dtype)
+    x = x + self.attn2(h, text)
+    h = (self.norm3(x) * (1 + scale2) + shift2).astype(dtype)
+    x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * gate2).astype(dtype)
+    return sharding.constrain(x, TOKENS)
+
+
+class TimeEmbedder(nnx.Module):
+  """Linear, SiLU, Linear (reference: `TimestepEmbedding`)."""
+
+  def __init__(self, in_features: int, dim: int, *, rngs: nnx.Rngs):
+    self.linear_1 = layers.linear(in_features, dim, (None, "embed"), dtype=jnp.float32, rngs=rngs)
+    self.linear_2 = layers.linear(dim, dim, ("mlp", "embed"), dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear_2(jax.nn.silu(self.linear_1(x)))
+
+
+class TextEmbedder(nnx.Module):
+  """Linear, GELU (tanh), Linear (reference: `PixArtAlphaTextProjection`)."""
+
+  def __init__(self, text_dim: int, dim: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.linear_1 = layers.linear(text_dim, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.linear_2 = layers.linear(dim, dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
+
+
+class ConditionEmbedder(nnx.Module):
+  """Timestep -> (temb, the 6-way block modulation); text embeddings -> text tokens."""
+
+  def __init__(self, config: WanTransformerConfig, *, dtype: Any, rngs: nnx.Rngs):
+    dim = config.dim
+    self.freq_dim = config.freq_dim
+    self.time_embedder = TimeEmbedder(config.freq_dim, dim, rngs=rngs)
+    self.time_proj = layers.linear(dim, 6 * dim, ("embed", "mlp"), dtype=jnp.float32, rngs=rngs)
+    self.text_embedder = TextEmbedder(config.text_dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, timestep: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    temb = self.time_embedder(timestep_features(timestep, self.freq_dim))
+    timestep_proj = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
+    return temb, timestep_proj, self.text_embedder(text)
+
+
+class WanTransformer(nnx.Module):
+  """Wan 2.1 T2V: noisy latents [B, F, H, W, in_channels] -> velocity [B, F, H, W, out_channels]."""
+
+  def __init__(self, config: WanTransformerConfig, *, dtype: Any = jnp.float32,
+               remat_policy: str = "none", attention_impl: str = "xla", rngs: nnx.Rngs):
+    if remat_policy not in layers.REMAT_POLICIES:
+      raise WanConfigError(f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
+                           f"got {remat_policy!r}")
+    attention_lib.check_implementation(attention_impl)
+    self.config, self.dtype, self.remat_policy = config, jnp.dtype(dtype), remat_policy
+    dim, patch = config.dim, config.patch_size
+    self.patch_embedding = layers.linear(int(np.prod(patch)) * config.in_channels, dim,
+                                         ("patch", "embed"), dtype=self.dtype, rngs=rngs)
+    self.condition_embedder = ConditionEmbedder(config, dtype=self.dtype, rngs=rngs)
+    self.blocks = layers.stacked(
+        lambda r: WanTransformerBlock(config, dtype=self.dtype, attention_impl=attention_impl,
+                                      rngs=r), config.num_layers, rngs)
+    self.norm_out = layers.LayerNorm(dim, affine=False, epsilon=config.eps, rngs=rngs)
+    self.proj_out = layers.linear(dim, int(np.prod(patch)) * config.out_channels,
+                                  ("embed", "patch"), dtype=self.dtype, rngs=rngs)
+    self.scale_shift_table = _scale_shift_table(2, dim, rngs)
+
+  def __call__(self, latents: jax.Array, timestep: jax.Array, text: jax.Array) -> jax.Array:
+    """latents [B, F, H, W, C]; timestep [B] in [0, 1000]; text [B, L, text_dim] (umT5
+    embeddings, zero-padded past the caption as Wan's pipeline pads them: no mask)."""
+    c = self.config
+    b, f, h, w, channels = latents.shape
+    if channels != c.in_channels:
+      raise WanConfigError(f"latents have {channels} channels, the model takes {c.in_channels}")
+    for name, size, p in zip(("frames", "height", "width"), (f, h, w), c.patch_size):
+      if size % p:
+        raise WanConfigError(f"latent {name}={size} is not divisible by patch_size {c.patch_size}")
+    grid = tuple(s // p for s, p in zip((f, h, w), c.patch_size))
+    angles = rope_angles(grid, c.attention_head_dim, c.rope_max_seq_len)
+    rope = (jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32))
+
+    x = self.patch_embedding(dit.patchify(latents.astype(self.dtype), c.patch_size))
+    x = sharding.constrain(x, TOKENS)
+    temb, timestep_proj, text_tokens = self.condition_embedder(timestep, text.astype(self.dtype))
+
+    x = layers.run_stacked(self.blocks, x,
+                           lambda block, x: block(x, text_tokens, timestep_proj, rope),
+                           self.remat_policy)
+    mod = self.scale_shift_table[...] + temb[:, None]                  # [B, 2, D]
+    shift, scale = mod[:, :1], mod[:, 1:]
+    x = (self.norm_out(x) * (1 + scale) + shift).astype(self.dtype)
+    out = self.proj_out(x).astype(jnp.float32)
+    return dit.unpatchify(out, c.patch_size, (f, h, w, c.out_channels))

@@ -1,0 +1,154 @@
+"""Wan 2.1 weights in diffusers format: the name/layout tables, loading and export.
+
+One explicit table per model: each row is our parameter path, the diffusers
+tensor name ('{i}' = block index, stacked into our leading 'layers' axis), and
+the layout change (`diffusers_format`: Linear kernels transposed, attention
+projections split into (heads, head_dim), the patch Conv3d as a Linear on
+patchified tokens, channels-last conv kernels).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+
+from videojam_jax.model import diffusers_format as fmt
+from videojam_jax.model.wan import transformer as transformer_lib
+from videojam_jax.model.wan import vae as vae_lib
+
+E = fmt.Entry
+TRANSFORMER_CLASS = "WanTransformer3DModel"
+VAE_CLASS = "AutoencoderKLWan"
+# diffusers drops these when loading a Wan transformer (_keys_to_ignore_on_load_unexpected).
+TRANSFORMER_IGNORED = ("norm_added_q",)
+FLAT_HEADS = fmt.Reshape(lambda s: (s[0] * s[1],))        # (heads, head_dim) <-> (heads*head_dim,)
+
+
+def _linear(ours: str, theirs: str, *, stacked: bool = False, in_ndim: int = 1,
+            bias: fmt.Layout = fmt.IDENTITY) -> list[fmt.Entry]:
+  return [E(f"{ours}/kernel", f"{theirs}.weight", fmt.LinearKernel(in_ndim), stacked),
+          E(f"{ours}/bias", f"{theirs}.bias", bias, stacked)]
+
+
+def transformer_table(config: transformer_lib.WanTransformerConfig) -> list[fmt.Entry]:
+  """Our WanTransformer parameters <-> diffusers' WanTransformer3DModel tensors."""
+  rows = [E("patch_embedding/kernel", "patch_embedding.weight", fmt.ConvAsLinear(config.patch_size)),
+          E("patch_embedding/bias", "patch_embedding.bias")]
+  for name in ("time_embedder.linear_1", "time_embedder.linear_2", "time_proj",
+               "text_embedder.linear_1", "text_embedder.linear_2"):
+    rows += _linear("condition_embedder/" + name.replace(".", "/"), "condition_embedder." + name)
+  for attn in ("attn1", "attn2"):
+    ours, theirs = f"blocks/{attn}", f"blocks.{{i}}.{attn}"
+    for proj in ("to_q", "to_k", "to_v"):
+      rows += _linear(f"{ours}/{proj}", f"{theirs}.{proj}", stacked=True, bias=FLAT_HEADS)
+    rows += _linear(f"{ours}/to_out", f"{theirs}.to_out.0", stacked=True, in_ndim=2)
+    for norm in ("norm_q", "norm_k"):
+      rows.append(E(f"{ours}/{norm}/weight", f"{theirs}.{norm}.weight", FLAT_HEADS, True))
+  if config.cross_attn_norm:
+    rows += [E("blocks/norm2/scale", "blocks.{i}.norm2.weight", stacked=True),
+             E("blocks/norm2/bias", "blocks.{i}.norm2.bias", stacked=True)]
+  rows += _linear("blocks/ffn/proj_in", "blocks.{i}.ffn.net.0.proj", stacked=True)
+  rows += _linear("blocks/ffn/proj_out", "blocks.{i}.ffn.net.2", stacked=True)
+  rows.append(E("blocks/scale_shift_table", "blocks.{i}.scale_shift_table", stacked=True))
+  rows += _linear("proj_out", "proj_out")
+  rows.append(E("scale_shift_table", "scale_shift_table"))
+  return rows
+
+
+def read_transformer_config(directory: str | os.PathLike) -> transformer_lib.WanTransformerConfig:
+  """The architecture of a diffusers Wan transformer directory (its config.json)."""
+  config = fmt.read_config(directory, (TRANSFORMER_CLASS,))
+  try:
+    return transformer_lib.WanTransformerConfig.from_diffusers(config)
+  except (TypeError, transformer_lib.WanConfigError) as e:
+    raise fmt.CheckpointError(f"{directory}: {e}") from e
+
+
+def check_transformer_config(directory: str | os.PathLike,
+                             config: transformer_lib.WanTransformerConfig) -> None:
+  """Raises CheckpointError naming every field where the checkpoint's architecture
+  differs from `config` (e.g. 14B weights with the 1.3B config)."""
+  found = read_transformer_config(directory)
+  diffs = [f"{k}: checkpoint {getattr(found, k)!r}, config {getattr(config, k)!r}"
+           for k in found.__dataclass_fields__ if getattr(found, k) != getattr(config, k)]
+  if diffs:
+    raise fmt.CheckpointError(
+        f"{directory} does not match the configured Wan transformer (dim {config.dim}, "
+        f"{config.num_layers} layers); checkpoint dim {found.dim}, {found.num_layers} layers. "
+        "Differences: " + "; ".join(diffs))
+
+
+def load_transformer(directory: str | os.PathLike, config: transformer_lib.WanTransformerConfig,
+                     abstract_params: dict[str, Any], *,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+  """A diffusers WanTransformer3DModel directory, read into `abstract_params`' shardings."""
+  check_transformer_config(directory, config)
+  return fmt.load(directory, transformer_table(config), abstract_params,
+                  ignore=TRANSFORMER_IGNORED, progress=progress)
+
+
+def save_transformer(directory: str | os.PathLike, config: transformer_lib.WanTransformerConfig,
+                     params: dict[str, Any], *, dtype: Any = jnp.float32,
+                     max_shard_size: int = fmt.DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+  """Exports our parameters as a diffusers WanTransformer3DModel directory."""
+  return fmt.save(directory, transformer_table(config), params, config.to_diffusers(),
+                  dtype=jnp.dtype(dtype), max_shard_size=max_shard_size)
+
+
+# Our VAE module names follow diffusers' except where the reference wraps a layer:
+# (ours, theirs) substitutions on the '/'-joined path, applied in order.
+VAE_RENAMES = (
+    ("/conv/kernel", "/weight"),            # CausalConv3d holds its nnx.Conv as .conv
+    ("/conv/bias", "/bias"),
+    ("/resample/kernel", "/resample/1/weight"),   # nn.Sequential(Upsample | ZeroPad2d, Conv2d)
+    ("/resample/bias", "/resample/1/bias"),
+    ("/upsampler/", "/upsamplers/0/"),      # a one-element ModuleList in the reference
+    ("/kernel", "/weight"),                 # the attention blocks' 1x1 Conv2d
+)
+
+
+def vae_table(abstract_params: dict[str, Any]) -> list[fmt.Entry]:
+  """Our WanVAE parameters <-> diffusers' AutoencoderKLWan tensors.
+
+  Generated from our parameter paths by VAE_RENAMES (the VAE's layer list depends on
+  the config); conv kernels go channels-last, RMSNorm gains drop their broadcast
+  dimensions ((C, 1, 1, 1) in the 3D norms, (C, 1, 1) in the attention blocks).
+  """
+  rows = []
+  for ours in fmt.flatten(abstract_params):
+    theirs = "/" + ours
+    for old, new in VAE_RENAMES:
+      theirs = theirs.replace(old, new)
+    theirs = theirs[1:].replace("/", ".")
+    if theirs.endswith(".weight") and not ours.endswith("bias"):
+      layout = fmt.ConvKernel()
+    elif ours.endswith("/gamma"):
+      ones = (1, 1) if "/attentions/" in ours else (1, 1, 1)
+      layout = fmt.Reshape(lambda s, ones=ones: (s[0], *ones))
+    else:
+      layout = fmt.IDENTITY
+    rows.append(E(ours, theirs, layout))
+  return rows
+
+
+def read_vae_config(directory: str | os.PathLike) -> vae_lib.WanVAEConfig:
+  """The architecture of a diffusers AutoencoderKLWan directory (its config.json)."""
+  config = fmt.read_config(directory, (VAE_CLASS,))
+  try:
+    return vae_lib.WanVAEConfig.from_diffusers(config)
+  except (TypeError, transformer_lib.WanConfigError) as e:
+    raise fmt.CheckpointError(f"{directory}: {e}") from e
+
+
+def load_vae(directory: str | os.PathLike, abstract_params: dict[str, Any]) -> dict[str, Any]:
+  """A diffusers AutoencoderKLWan directory, read into `abstract_params`' shardings."""
+  return fmt.load(directory, vae_table(abstract_params), abstract_params)
+
+
+def save_vae(directory: str | os.PathLike, config: vae_lib.WanVAEConfig,
+             params: dict[str, Any]) -> list[str]:
+  """Exports our VAE parameters as a diffusers AutoencoderKLWan directory."""
+  return fmt.save(directory, vae_table(params), params, config.to_diffusers())

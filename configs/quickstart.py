@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Model: a video DiT; jam=True adds VideoJAM's motion input rows and motion head.
   config.model = ml_collections.ConfigDict()
+  config.model.family = "dit"           # dit (ours) | wan (Wan 2.1: configs/wan_tiny.py, docs/wan.md)
   config.model.jam = True
   config.model.width = 128
   config.model.depth = 4

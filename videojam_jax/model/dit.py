@@ -263,14 +263,11 @@ def build_model(model_config: ml_collections.ConfigDict, video_shape: VideoShape
   if text.source not in TEXT_SOURCES:
     raise ValueError(f"model.text.source must be one of {TEXT_SOURCES}, got {text.source!r}")
   dtype = jnp.dtype(m.dtype)
-  encoder = None
-  if text.source == "builtin":
-    encoder = text_encoder_lib.ByteTextEncoder(
-        max_length=text.max_length, width=text.width, depth=text.depth, num_heads=text.num_heads,
-        dtype=dtype, attention_impl=m.attention_impl, rngs=rngs)
+  encoder = text_encoder_lib.from_config(text, dtype=dtype, attention_impl=m.attention_impl,
+                                         rngs=rngs)
   return VideoDiT(
       video_shape=video_shape, width=m.width, depth=m.depth, num_heads=m.num_heads,
       mlp_ratio=m.mlp_ratio, patch_size=tuple(m.patch_size), jam=bool(m.jam),
-      text_encoder=encoder, text_width=text.width if encoder else text.embedding_dim,
+      text_encoder=encoder, text_width=text_encoder_lib.text_width(text),
       motion_input_init=str(m.get("motion_input_init", "zeros")), dtype=dtype,
       remat_policy=m.remat_policy, attention_impl=m.attention_impl, rngs=rngs)

@@ -19,9 +19,15 @@ import ml_collections
 from flax import nnx
 
 from videojam_jax.model import dit
+from videojam_jax.model.wan import video_model as wan_video_model
 from videojam_jax.parallel import sharding
 
 Params = dict[str, Any]
+# config.model.family -> the builder of its model (same call signature, same outputs).
+MODEL_FAMILIES: dict[str, Callable[..., nnx.Module]] = {
+    "dit": dit.build_model,
+    "wan": wan_video_model.build_model,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +94,14 @@ def abstract_split(create: Callable[[], nnx.Module],
 
 def build(model_config: ml_collections.ConfigDict, video_shape: dit.VideoShape,
           plan: sharding.ShardingPlan) -> FunctionalModel:
-  """Builds the DiT of `model_config` abstractly (nothing allocated) and splits it once."""
-  def create(rngs: nnx.Rngs) -> dit.VideoDiT:
-    return dit.build_model(model_config, video_shape, rngs=rngs)
+  """Builds the model of `model_config` (model.family: the DiT, or Wan 2.1) abstractly
+  (nothing allocated) and splits it once."""
+  family = model_config.get("family", "dit")
+  if family not in MODEL_FAMILIES:
+    raise ValueError(f"model.family must be one of {sorted(MODEL_FAMILIES)}, got {family!r}")
+
+  def create(rngs: nnx.Rngs) -> nnx.Module:
+    return MODEL_FAMILIES[family](model_config, video_shape, rngs=rngs)
   graphdef, abstract_params = abstract_split(lambda: create(nnx.Rngs(params=0)), plan)
   return FunctionalModel(graphdef, abstract_params, video_shape, bool(model_config.jam), plan,
                          create)

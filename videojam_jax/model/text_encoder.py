@@ -59,3 +59,19 @@ class ByteTextEncoder(nnx.Module):
     x = (jnp.take(self.token_embedding[...], token_ids, axis=0) + positions).astype(self.dtype)
     x = layers.run_stacked(self.layers, x, lambda layer, h: layer(h, mask))
     return self.final_norm(x)
+
+
+def from_config(text_config, *, dtype: jnp.dtype, attention_impl: str | None,
+                rngs: nnx.Rngs) -> "ByteTextEncoder | None":
+  """The built-in encoder config.model.text describes, or None for precomputed embeddings."""
+  if text_config.source != "builtin":
+    return None
+  return ByteTextEncoder(max_length=text_config.max_length, width=text_config.width,
+                         depth=text_config.depth, num_heads=text_config.num_heads, dtype=dtype,
+                         attention_impl=attention_impl, rngs=rngs)
+
+
+def text_width(text_config) -> int:
+  """The width of the caption inputs the model projects: the built-in encoder's, or the
+  precomputed embeddings'."""
+  return int(text_config.width if text_config.source == "builtin" else text_config.embedding_dim)

@@ -18,20 +18,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   m, d, t = config.model, config.data, config.train
   problems = []
   dims = {"data.num_frames": d.num_frames, "data.height": d.height, "data.width": d.width}
-  for (name, size), p in zip(dims.items(), m.patch_size):
-    if size % p:
-      problems.append(f"{name}={size} is not divisible by the patch size {p} (model.patch_size={tuple(m.patch_size)})")
-  if m.width % m.num_heads:
-    problems.append(f"model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+  family = m.get("family", "dit")
   tensor = int(config.mesh.get("tensor", 1))
-  if tensor > 1:
-    # Tensor parallelism splits attention heads and MLP units over the 'tensor' axis.
-    for name, size in (("model.num_heads", m.num_heads), ("model.width * model.mlp_ratio",
-                                                           int(m.width * m.mlp_ratio))):
-      if size % tensor:
-        problems.append(f"{name}={size} is not divisible by mesh.tensor={tensor}")
-    if m.text.source == "builtin" and m.text.num_heads % tensor:
-      problems.append(f"model.text.num_heads={m.text.num_heads} is not divisible by mesh.tensor={tensor}")
+  if family == "wan":
+    problems += _wan_problems(m, d, dims, tensor)
+  elif family == "dit":
+    problems += _dit_problems(m, dims, tensor)
+  else:
+    problems.append(f"model.family={family!r}; choose 'dit' or 'wan'")
+  if tensor > 1 and m.text.source == "builtin" and m.text.num_heads % tensor:
+    problems.append(f"model.text.num_heads={m.text.num_heads} is not divisible by mesh.tensor={tensor}")
   if m.text.source == "builtin" and m.text.width % m.text.num_heads:
     problems.append(f"model.text.width={m.text.width} is not divisible by model.text.num_heads")
   if m.remat_policy not in model_lib.REMAT_POLICIES:
@@ -79,3 +75,42 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       problems.append(f"evals.{name}.weights={block.weights!r}; choose from {evaluators.WEIGHTS}")
   if problems:
     raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _dit_problems(m: ml_collections.ConfigDict, dims: dict[str, int], tensor: int) -> list[str]:
+  problems = []
+  for (name, size), p in zip(dims.items(), m.patch_size):
+    if size % p:
+      problems.append(f"{name}={size} is not divisible by the patch size {p} (model.patch_size={tuple(m.patch_size)})")
+  if m.width % m.num_heads:
+    problems.append(f"model.width={m.width} is not divisible by model.num_heads={m.num_heads}")
+  if tensor > 1:
+    # Tensor parallelism splits attention heads and MLP units over the 'tensor' axis.
+    for name, size in (("model.num_heads", m.num_heads), ("model.width * model.mlp_ratio",
+                                                           int(m.width * m.mlp_ratio))):
+      if size % tensor:
+        problems.append(f"{name}={size} is not divisible by mesh.tensor={tensor}")
+  return problems
+
+
+def _wan_problems(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict,
+                  dims: dict[str, int], tensor: int) -> list[str]:
+  problems = []
+  w = m.get("wan")
+  if w is None:
+    return ["model.family='wan' needs a model.wan block (the transformer's architecture)"]
+  patch = tuple(w.get("patch_size", (1, 2, 2)))
+  for (name, size), p in zip(dims.items(), patch):
+    if size % p:
+      problems.append(f"{name}={size} is not divisible by the patch size {p} (model.wan.patch_size={patch})")
+  channels = int(d.get("channels", 3))
+  for name in ("in_channels", "out_channels"):
+    if int(w.get(name, 16)) != channels:
+      problems.append(f"model.wan.{name}={w.get(name, 16)} but the clips have data.channels={channels}")
+  if m.jam:
+    problems.append("model.jam=True with model.family='wan' is not built yet: set model.jam=False")
+  if tensor > 1:
+    for name in ("num_attention_heads", "ffn_dim"):
+      if int(w[name]) % tensor:
+        problems.append(f"model.wan.{name}={w[name]} is not divisible by mesh.tensor={tensor}")
+  return problems

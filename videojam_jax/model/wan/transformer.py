@@ -276,7 +276,8 @@ class TextEmbedder(nnx.Module):
 
 
 class ConditionEmbedder(nnx.Module):
-  """Timestep -> (temb, the 6-way block modulation); text embeddings -> text tokens."""
+  """Timestep -> (temb, the 6-way block modulation) (`time`); text embeddings -> text
+  tokens (`text_embedder`)."""
 
   def __init__(self, config: WanTransformerConfig, *, dtype: Any, rngs: nnx.Rngs):
     dim = config.dim
@@ -285,10 +286,10 @@ class ConditionEmbedder(nnx.Module):
     self.time_proj = layers.linear(dim, 6 * dim, ("embed", "mlp"), dtype=jnp.float32, rngs=rngs)
     self.text_embedder = TextEmbedder(config.text_dim, dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, timestep: jax.Array, text: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  def time(self, timestep: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(temb [B, D], the blocks' modulation [B, 6, D]) of timesteps [B], in float32."""
     temb = self.time_embedder(timestep_features(timestep, self.freq_dim))
-    timestep_proj = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
-    return temb, timestep_proj, self.text_embedder(text)
+    return temb, self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
 
 
 class WanTransformer(nnx.Module):
@@ -313,9 +314,16 @@ class WanTransformer(nnx.Module):
                                   ("embed", "patch"), dtype=self.dtype, rngs=rngs)
     self.scale_shift_table = _scale_shift_table(2, dim, rngs)
 
-  def __call__(self, latents: jax.Array, timestep: jax.Array, text: jax.Array) -> jax.Array:
+  def embed_text(self, text: jax.Array) -> jax.Array:
+    """Text embeddings [B, L, text_dim] -> the tokens [B, L, dim] every block attends to
+    (independent of the latents and the time: a sampler computes them once)."""
+    return self.condition_embedder.text_embedder(text.astype(self.dtype))
+
+  def __call__(self, latents: jax.Array, timestep: jax.Array, text: jax.Array | None = None,
+               *, text_tokens: jax.Array | None = None) -> jax.Array:
     """latents [B, F, H, W, C]; timestep [B] in [0, 1000]; text [B, L, text_dim] (umT5
-    embeddings, zero-padded past the caption as Wan's pipeline pads them: no mask)."""
+    embeddings, zero-padded past the caption as Wan's pipeline pads them: no mask), or
+    `text_tokens`, the result of `embed_text`."""
     c = self.config
     b, f, h, w, channels = latents.shape
     if channels != c.in_channels:
@@ -329,7 +337,10 @@ class WanTransformer(nnx.Module):
 
     x = self.patch_embedding(dit.patchify(latents.astype(self.dtype), c.patch_size))
     x = sharding.constrain(x, TOKENS)
-    temb, timestep_proj, text_tokens = self.condition_embedder(timestep, text.astype(self.dtype))
+    temb, timestep_proj = self.condition_embedder.time(timestep)
+    if text_tokens is None:
+      text_tokens = self.embed_text(text)
+    text_tokens = text_tokens.astype(self.dtype)
 
     x = layers.run_stacked(self.blocks, x,
                            lambda block, x: block(x, text_tokens, timestep_proj, rope),

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from videojam_jax.model import dit as model_lib
+from videojam_jax.model.wan import flops as wan_flops
 
 
 def _shape(config: ml_collections.ConfigDict) -> dict[str, int]:
@@ -44,6 +45,8 @@ def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   sum, self and cross). Work done once per clip (adaLN, cross-attention k/v of
   the caption, the text encoder) is added per step.
   """
+  if config.model.get("family", "dit") == "wan":
+    return wan_flops.model_flops(config)
   s, m = _shape(config), config.model
   w, depth, length, tokens = s["w"], s["depth"], s["length"], s["tokens"]
   per_token = 6 * s["n_token"] + 12 * depth * w * (tokens + length)

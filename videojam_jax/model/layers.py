@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from videojam_jax.model import attention as attention_lib
 from videojam_jax.parallel import sharding
 
 Dtype = jnp.dtype
@@ -63,11 +64,8 @@ class LayerNorm(nnx.LayerNorm):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention (self or cross) through jax.nn.dot_product_attention.
-
-  `attention_impl` is passed to jax.nn.dot_product_attention ("xla", "cudnn" for
-  the fused GPU kernel, or None / "auto" to let JAX choose).
-  """
+  """Multi-head attention (self or cross) through the attention switch
+  (videojam_jax/model/attention.py: "xla", "cudnn", "splash", "auto")."""
 
   def __init__(self, width: int, num_heads: int, *, context_width: int | None = None,
                dtype: Dtype = jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
@@ -87,25 +85,16 @@ class Attention(nnx.Module):
         (num_heads, head_dim), width, axis=(-2, -1), dtype=dtype, param_dtype=jnp.float32,
         kernel_init=_partitioned(nnx.initializers.xavier_uniform(), ("heads", "kv", "embed")),
         bias_init=_partitioned(nnx.initializers.zeros_init(), ("embed",)), rngs=rngs)
-    self.attention_impl = None if attention_impl in (None, "auto") else attention_impl
+    attention_lib.check_implementation(attention_impl)
+    self.attention_impl = attention_impl
 
   def __call__(self, x: jax.Array, context: jax.Array,
                kv_mask: jax.Array | None = None) -> jax.Array:
     q, k, v = self.query(x), self.key(context), self.value(context)
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads",
                                "activation_kv"))
-    impl = self.attention_impl
-    if kv_mask is None:
-      out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
-    elif impl == "cudnn":
-      # cuDNN takes padding as lengths, not a broadcast mask. Our caption masks
-      # are prefixes (tokens first, padding after), so the count is the length.
-      lengths = kv_mask.sum(axis=-1, dtype=jnp.int32)
-      out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
-                                         implementation=impl)
-    else:
-      out = jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :],
-                                         implementation=impl)
+    out = attention_lib.dot_product_attention(q, k, v, kv_mask,
+                                              implementation=self.attention_impl)
     return self.out(out)
 
 

@@ -128,6 +128,13 @@ def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
       x, logical_to_spec(logical_axes, flax_spmd.get_logical_axis_rules()))
 
 
+def current_spec(logical_axes: Sequence[str | None]) -> P | None:
+  """The PartitionSpec of these logical axes under the active plan; None without a mesh."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return None
+  return logical_to_spec(logical_axes, flax_spmd.get_logical_axis_rules())
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardingPlan:
   """A run's mesh and its logical-axis rules: built once, handed to everything that

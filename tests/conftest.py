@@ -200,3 +200,24 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session):
   while _STARTED:
     _STARTED.popitem()[1].stop()
+
+
+# Python source that hides TensorFlow the way an image without it does: `import
+# tensorflow` fails and importlib.util.find_spec("tensorflow") is None. (Setting
+# sys.modules["tensorflow"] to None is not the same: TFDS and etils take
+# "tensorflow" in sys.modules to mean it is loaded.) Prepend it to code run with
+# `python -c`.
+HIDE_TENSORFLOW = """
+import importlib.machinery, importlib.util, sys
+
+class _HideTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.partition(".")[0] == "tensorflow":
+      return None
+    return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
+                    for f in sys.meta_path]
+assert importlib.util.find_spec("tensorflow") is None
+"""

@@ -18,6 +18,7 @@ from configs import tiny
 from data_pipelines import build_synthetic
 from videojam_jax.training import checkpoints
 
+from tests.conftest import HIDE_TENSORFLOW
 from tests.conftest import REPO
 STEP_LINE = re.compile(r"\[(\d+)\] train/.*train/loss=")
 
@@ -130,18 +131,8 @@ def _flatten(tree):
 
 # Runs a module as `python -m` would, with TensorFlow impossible to import (the
 # finder reports no spec for it: TFDS and etils then take their TensorFlow-free paths).
-WITHOUT_TENSORFLOW = """
-import atexit, importlib.machinery, runpy, sys
-
-class _HideTensorFlow(importlib.machinery.PathFinder):
-  @classmethod
-  def find_spec(cls, name, path=None, target=None):
-    if name.partition(".")[0] == "tensorflow":
-      return None
-    return importlib.machinery.PathFinder.find_spec(name, path, target)
-
-sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
-                    for f in sys.meta_path]
+WITHOUT_TENSORFLOW = HIDE_TENSORFLOW + """
+import atexit, runpy
 atexit.register(lambda: print("TENSORFLOW_MODULES",
                               [m for m in sys.modules if m.partition(".")[0] == "tensorflow"]))
 sys.argv = [sys.argv[0]] + sys.argv[1:]

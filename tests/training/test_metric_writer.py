@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
+from tests.conftest import HIDE_TENSORFLOW
 from tests.conftest import REPO
 from videojam_jax.training import metric_writer
 
@@ -158,24 +159,7 @@ def test_tensorboardx_rejects_bad_images(image, message, tmp_path):
   writer.close()
 
 
-# Hides TensorFlow the way an image without it does: `import tensorflow` fails and
-# importlib.util.find_spec("tensorflow") is None. (Setting sys.modules["tensorflow"]
-# to None is not the same: TFDS and etils take "tensorflow" in sys.modules to mean
-# it is loaded.)
-_WITHOUT_TENSORFLOW = """
-import importlib.machinery, importlib.util, json, sys
-
-class _HideTensorFlow(importlib.machinery.PathFinder):
-  @classmethod
-  def find_spec(cls, name, path=None, target=None):
-    if name.partition(".")[0] == "tensorflow":
-      return None
-    return importlib.machinery.PathFinder.find_spec(name, path, target)
-
-sys.meta_path[:] = [_HideTensorFlow if f is importlib.machinery.PathFinder else f
-                    for f in sys.meta_path]
-assert importlib.util.find_spec("tensorflow") is None
-"""
+_WITHOUT_TENSORFLOW = HIDE_TENSORFLOW + "import json\n"
 
 
 def test_auto_without_tensorflow_uses_tensorboardx(tmp_path):

@@ -93,6 +93,12 @@ def copy_fixture(tmp_path, name="transformer") -> pathlib.Path:
   return target
 
 
+def edit_config(directory: pathlib.Path, **changes) -> None:
+  config = json.loads((directory / "config.json").read_text())
+  config.update(changes)
+  (directory / "config.json").write_text(json.dumps(config))
+
+
 def test_a_directory_without_config_is_not_a_checkpoint(tmp_path):
   with pytest.raises(fmt.CheckpointError, match="not a diffusers model directory"):
     weights.read_transformer_config(tmp_path)
@@ -108,9 +114,7 @@ def test_a_vae_is_not_a_transformer():
 
 def test_image_to_video_checkpoints_are_refused(tmp_path):
   directory = copy_fixture(tmp_path)
-  config = json.loads((directory / "config.json").read_text())
-  config["image_dim"] = 1280
-  (directory / "config.json").write_text(json.dumps(config))
+  edit_config(directory, image_dim=1280)
   with pytest.raises(fmt.CheckpointError, match="image-to-video"):
     weights.read_transformer_config(directory)
 
@@ -144,9 +148,7 @@ def test_weights_of_another_size_than_the_config(plan):
 
 def test_weights_that_do_not_fit_their_own_config_json(tmp_path, plan):
   directory = copy_fixture(tmp_path)
-  config = json.loads((directory / "config.json").read_text())
-  config["ffn_dim"] = 64
-  (directory / "config.json").write_text(json.dumps(config))
+  edit_config(directory, ffn_dim=64)
   model_config = weights.read_transformer_config(directory)
   with pytest.raises(fmt.CheckpointError, match=r"ffn\.net\.0\.proj\.weight is \(48, 24\)"):
     weights.load_transformer(directory, model_config, abstract_transformer(model_config, plan))
@@ -154,9 +156,7 @@ def test_weights_that_do_not_fit_their_own_config_json(tmp_path, plan):
 
 def test_fewer_layers_in_the_checkpoint_than_its_config_says(tmp_path, plan):
   directory = copy_fixture(tmp_path)
-  config = json.loads((directory / "config.json").read_text())
-  config["num_layers"] = 3
-  (directory / "config.json").write_text(json.dumps(config))
+  edit_config(directory, num_layers=3)
   model_config = weights.read_transformer_config(directory)
   with pytest.raises(fmt.CheckpointError, match="missing, e.g. .*blocks.2"):
     weights.load_transformer(directory, model_config, abstract_transformer(model_config, plan))

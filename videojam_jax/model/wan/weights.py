@@ -58,13 +58,18 @@ def transformer_table(config: transformer_lib.WanTransformerConfig) -> list[fmt.
   return rows
 
 
-def read_transformer_config(directory: str | os.PathLike) -> transformer_lib.WanTransformerConfig:
-  """The architecture of a diffusers Wan transformer directory (its config.json)."""
-  config = fmt.read_config(directory, (TRANSFORMER_CLASS,))
+def _read_config(directory: str | os.PathLike, class_name: str, config_type: Any) -> Any:
+  """config.json of a `class_name` directory as `config_type.from_diffusers` builds it."""
+  config = fmt.read_config(directory, (class_name,))
   try:
-    return transformer_lib.WanTransformerConfig.from_diffusers(config)
+    return config_type.from_diffusers(config)
   except (TypeError, transformer_lib.WanConfigError) as e:
     raise fmt.CheckpointError(f"{directory}: {e}") from e
+
+
+def read_transformer_config(directory: str | os.PathLike) -> transformer_lib.WanTransformerConfig:
+  """The architecture of a diffusers Wan transformer directory (its config.json)."""
+  return _read_config(directory, TRANSFORMER_CLASS, transformer_lib.WanTransformerConfig)
 
 
 def check_transformer_config(directory: str | os.PathLike,
@@ -136,11 +141,7 @@ def vae_table(abstract_params: dict[str, Any]) -> list[fmt.Entry]:
 
 def read_vae_config(directory: str | os.PathLike) -> vae_lib.WanVAEConfig:
   """The architecture of a diffusers AutoencoderKLWan directory (its config.json)."""
-  config = fmt.read_config(directory, (VAE_CLASS,))
-  try:
-    return vae_lib.WanVAEConfig.from_diffusers(config)
-  except (TypeError, transformer_lib.WanConfigError) as e:
-    raise fmt.CheckpointError(f"{directory}: {e}") from e
+  return _read_config(directory, VAE_CLASS, vae_lib.WanVAEConfig)
 
 
 def load_vae(directory: str | os.PathLike, abstract_params: dict[str, Any]) -> dict[str, Any]:

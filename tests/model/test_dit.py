@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import FAST_COMPILE, tiny_config
 from videojam_jax.data import text as text_lib
 from videojam_jax.model import dit as model_lib
 from videojam_jax.model import functional
@@ -208,15 +208,26 @@ def test_scanned_blocks_compile_once_whatever_the_depth():
   assert abs(sizes[1] - sizes[0]) < 0.02 * sizes[0], sizes
 
 
+def _grad_fn(model, model_inputs):
+  return jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, *_args(model_inputs))[0] ** 2)),
+                 compiler_options=FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def plain_gradients(model_inputs, perturb_params):
+  """(params, their gradients without rematerialisation): shared by the remat policies."""
+  model = build(tiny_config())
+  params = perturb_params(jax.device_get(model.init(jax.random.key(0))), seed=4)
+  return params, _grad_fn(model, model_inputs)(params)
+
+
 @pytest.mark.parametrize("policy", ["full", "dots_saveable"])
-def test_remat_changes_memory_not_results(model_inputs, perturb_params, policy):
+def test_remat_changes_memory_not_results(model_inputs, plain_gradients, policy):
   config = tiny_config()
-  params = perturb_params(jax.device_get(build(config).init(jax.random.key(0))), seed=4)
   config.model.remat_policy = policy
   remat = build(config)
-  plain = build(tiny_config())
-  loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, *_args(model_inputs))[0] ** 2)))
-  g_plain, g_remat = loss(plain)(params), loss(remat)(params)
+  params, g_plain = plain_gradients
+  g_remat = _grad_fn(remat, model_inputs)(params)
   # Gradients reach ~1e4 here and rematerialisation reorders float32 sums: compare
   # at float32 resolution of the largest gradient (small leaves are cancellation noise).
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(g_plain))

@@ -32,7 +32,10 @@ import jax
 import numpy as np
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+# diffusers names its weight files after this stem, transformers (umT5, the text
+# encoder of a diffusers pipeline) after "model"; both are read.
+DIFFUSERS_STEM, TRANSFORMERS_STEM = "diffusion_pytorch_model", "model"
+WEIGHTS_NAME = DIFFUSERS_STEM + ".safetensors"
 INDEX_NAME = WEIGHTS_NAME + ".index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3     # diffusers' default max_shard_size ("5GB")
 
@@ -154,7 +157,8 @@ def unflatten_like(flat: dict[str, Any], tree: Any) -> Any:
 # --- Reading. --------------------------------------------------------------------------------
 
 def read_config(directory: str | os.PathLike, class_names: Sequence[str]) -> dict[str, Any]:
-  """config.json of a diffusers model directory, checked to be one of `class_names`."""
+  """config.json of a diffusers model directory, checked to be one of `class_names`
+  (its `_class_name`, or for a transformers model its `architectures`)."""
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     raise CheckpointError(f"{directory} is not a directory")
@@ -170,6 +174,8 @@ def read_config(directory: str | os.PathLike, class_names: Sequence[str]) -> dic
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path} is not valid JSON: {e}") from e
   name = config.get("_class_name")
+  if name is None and isinstance(config.get("architectures"), list):
+    name = next((a for a in config["architectures"] if a in class_names), config["architectures"])
   if name not in class_names:
     raise CheckpointError(f"{directory} holds a {name!r} (config.json _class_name), not "
                           f"{' / '.join(class_names)}")
@@ -183,22 +189,27 @@ class TensorReader:
     from safetensors import safe_open   # imported here: only checkpoint IO needs it
     self._safe_open = safe_open
     self.directory = pathlib.Path(directory)
-    index, single = self.directory / INDEX_NAME, self.directory / WEIGHTS_NAME
+    for stem in (DIFFUSERS_STEM, TRANSFORMERS_STEM):
+      single = self.directory / f"{stem}.safetensors"
+      index = self.directory / f"{stem}.safetensors.index.json"
+      if index.exists() or single.exists():
+        break
     if index.exists():
       weight_map = json.loads(index.read_text()).get("weight_map")
       if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index} has no weight_map")
       missing = sorted({f for f in weight_map.values() if not (self.directory / f).exists()})
       if missing:
-        raise CheckpointError(f"{self.directory}: shard files named in {INDEX_NAME} are missing: "
+        raise CheckpointError(f"{self.directory}: shard files named in {index.name} are missing: "
                               f"{', '.join(missing)}")
       self.file_of = dict(weight_map)
     elif single.exists():
       self.file_of = {}
       with safe_open(single, framework="numpy") as f:
-        self.file_of = {name: WEIGHTS_NAME for name in f.keys()}
+        self.file_of = {name: single.name for name in f.keys()}
     else:
-      raise CheckpointError(f"{self.directory} has neither {WEIGHTS_NAME} nor {INDEX_NAME}")
+      raise CheckpointError(f"{self.directory} has neither {WEIGHTS_NAME} nor {INDEX_NAME} "
+                            f"(nor transformers' {TRANSFORMERS_STEM}.safetensors[.index.json])")
     self._handles: dict[str, Any] = {}
     self._files = contextlib.ExitStack()
 
@@ -343,12 +354,12 @@ def _host_tensors(table: Sequence[Entry], params: dict[str, Any],
 
 def save(directory: str | os.PathLike, table: Sequence[Entry], params: dict[str, Any],
          config: dict[str, Any], *, dtype: Any = np.float32,
-         max_shard_size: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+         max_shard_size: int = DEFAULT_MAX_SHARD_BYTES, stem: str = DIFFUSERS_STEM) -> list[str]:
   """Writes `params` as a diffusers model directory (config.json + safetensors, sharded
   with an index when larger than `max_shard_size` bytes). Returns the files written.
 
   On a multi-host job every process must call it (shards are gathered); only
-  process 0 writes.
+  process 0 writes. `stem` names the files (TRANSFORMERS_STEM for a transformers model).
   """
   from safetensors.numpy import save_file
   directory = pathlib.Path(directory)
@@ -370,20 +381,20 @@ def save(directory: str | os.PathLike, table: Sequence[Entry], params: dict[str,
   metadata = {"format": "pt"}    # what diffusers / transformers expect in the header
   files = []
   if len(shards) == 1:
-    save_file(shards[0], str(directory / WEIGHTS_NAME), metadata=metadata)
-    files.append(WEIGHTS_NAME)
+    save_file(shards[0], str(directory / f"{stem}.safetensors"), metadata=metadata)
+    files.append(f"{stem}.safetensors")
   else:
     weight_map, total = {}, 0
     for k, shard in enumerate(shards):
-      file = f"diffusion_pytorch_model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+      file = f"{stem}-{k + 1:05d}-of-{len(shards):05d}.safetensors"
       save_file(shard, str(directory / file), metadata=metadata)
       files.append(file)
       weight_map.update({name: file for name in shard})
       total += sum(t.nbytes for t in shard.values())
-    (directory / INDEX_NAME).write_text(json.dumps(
+    (directory / f"{stem}.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
         indent=2) + "\n")
-    files.append(INDEX_NAME)
+    files.append(f"{stem}.safetensors.index.json")
   (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
   files.append(CONFIG_NAME)
   return files

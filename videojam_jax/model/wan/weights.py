@@ -17,11 +17,15 @@ import jax.numpy as jnp
 
 from videojam_jax.model import diffusers_format as fmt
 from videojam_jax.model.wan import transformer as transformer_lib
+from videojam_jax.model.wan import umt5 as umt5_lib
 from videojam_jax.model.wan import vae as vae_lib
 
 E = fmt.Entry
 TRANSFORMER_CLASS = "WanTransformer3DModel"
 VAE_CLASS = "AutoencoderKLWan"
+UMT5_CLASS = "UMT5EncoderModel"
+# transformers ties the encoder's input embedding to `shared`; a checkpoint may hold both.
+UMT5_IGNORED = ("encoder.embed_tokens.weight",)
 # diffusers drops these when loading a Wan transformer (_keys_to_ignore_on_load_unexpected).
 TRANSFORMER_IGNORED = ("norm_added_q",)
 FLAT_HEADS = fmt.Reshape(lambda s: (s[0] * s[1],))        # (heads, head_dim) <-> (heads*head_dim,)
@@ -153,3 +157,44 @@ def save_vae(directory: str | os.PathLike, config: vae_lib.WanVAEConfig,
              params: dict[str, Any]) -> list[str]:
   """Exports our VAE parameters as a diffusers AutoencoderKLWan directory."""
   return fmt.save(directory, vae_table(params), params, config.to_diffusers())
+
+
+def umt5_table() -> list[fmt.Entry]:
+  """Our UMT5Encoder parameters <-> transformers' UMT5EncoderModel tensors."""
+  block = "encoder.block.{i}.layer"
+  rows = [E("shared", "shared.weight"),
+          E("final_layer_norm/weight", "encoder.final_layer_norm.weight")]
+  for proj in ("q", "k", "v"):
+    rows.append(E(f"layers/{proj}", f"{block}.0.SelfAttention.{proj}.weight", fmt.LinearKernel(), True))
+  rows += [E("layers/o", f"{block}.0.SelfAttention.o.weight", fmt.LinearKernel(2), True),
+           E("layers/relative_attention_bias",
+             f"{block}.0.SelfAttention.relative_attention_bias.weight", stacked=True),
+           E("layers/attention_norm/weight", f"{block}.0.layer_norm.weight", stacked=True),
+           E("layers/ffn_norm/weight", f"{block}.1.layer_norm.weight", stacked=True)]
+  for proj in ("wi_0", "wi_1", "wo"):
+    rows.append(E(f"layers/{proj}", f"{block}.1.DenseReluDense.{proj}.weight", fmt.LinearKernel(), True))
+  return rows
+
+
+def read_umt5_config(directory: str | os.PathLike) -> umt5_lib.UMT5Config:
+  """The architecture of a transformers UMT5EncoderModel directory (its config.json)."""
+  config = fmt.read_config(directory, (UMT5_CLASS,))
+  try:
+    return umt5_lib.UMT5Config.from_transformers(config)
+  except (TypeError, umt5_lib.UMT5ConfigError) as e:
+    raise fmt.CheckpointError(f"{directory}: {e}") from e
+
+
+def load_umt5(directory: str | os.PathLike, abstract_params: dict[str, Any], *,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+  """A transformers UMT5EncoderModel directory (a pipeline's text_encoder/), read into
+  `abstract_params`' shardings."""
+  return fmt.load(directory, umt5_table(), abstract_params, ignore=UMT5_IGNORED,
+                  progress=progress)
+
+
+def save_umt5(directory: str | os.PathLike, config: umt5_lib.UMT5Config,
+              params: dict[str, Any], *, dtype: Any = jnp.float32) -> list[str]:
+  """Exports our encoder parameters as a transformers UMT5EncoderModel directory."""
+  return fmt.save(directory, umt5_table(), params, config.to_transformers(),
+                  dtype=jnp.dtype(dtype), stem=fmt.TRANSFORMERS_STEM)

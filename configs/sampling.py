@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   sample.num_steps = 25
   sample.solver = "euler"              # euler | heun
   sample.time_shift = 1.0              # >1 spends more steps near noise
+  # Where the steps' times lie: uniform | flow_match_euler | unipc_flow (the last two
+  # are diffusers' schedulers' sigmas, for Wan; sampler.time_grid).
+  sample.schedule = "uniform"
   sample.guidance = "inner"            # none | cfg | inner (a baseline falls back to cfg)
   sample.text_scale = 5.0              # w1
   sample.motion_scale = 3.0            # w2

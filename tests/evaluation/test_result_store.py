@@ -128,3 +128,15 @@ def test_json_safe():
   assert result_store.json_safe(value) == {"a": [1, 0.5, None], "2": [3, None, None], "s": "x",
                                            "n": None}
   assert type(result_store.json_safe(np.int64(3))) is int
+
+
+def test_results_written_before_the_schedule_field_read_as_uniform(tmp_path, jobs):
+  store = result_store.ResultStore(tmp_path)
+  result_store.run_jobs(jobs[:1], store, {jobs[0]: "f"}, FakeGenerator(), progress=False)
+  path = store.path(jobs[0]) / result_store.RESULT_FILE
+  old = json.loads(path.read_text())
+  del old["settings"]["schedule"]            # as an older version wrote it
+  path.write_text(json.dumps(old))
+  loaded = store.load(jobs[0], "f")
+  assert loaded is not None and loaded["settings"]["schedule"] == "uniform"
+  assert sweep.setting_name(jobs[0].settings).endswith("until1")     # the old folder name

@@ -131,6 +131,35 @@ def test_batched_conditions_are_text_null_text_null_motion(model_inputs):
   np.testing.assert_array_equal(call["d"][4:], 0)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_negative_prompt_replaces_the_null_caption(batched):
+  # Text-dependent field: u = x * (1 + sum of the caption features); a negative prompt
+  # enters the unconditional term with text kept, as Wan's pipelines do.
+  def apply_fn(params, x, d, t, text, text_mask, text_keep):
+    scale = jnp.where(text_keep, 1.0 + text.sum(axis=(1, 2)), 0.5)[:, None, None, None, None]
+    return scale * x, None
+  x = jnp.ones(SHAPE)
+  text, negative = jnp.full((2, 3, 4), 0.25), jnp.full((2, 3, 4), -0.05)
+  mask = jnp.ones((2, 3), bool)
+  settings = Settings(guidance="cfg", text_scale=4.0, batched=batched)
+  counter = CountingApply(apply_fn)
+  u, _ = sampler_lib.guided_velocity(counter, None, x, None, jnp.float32(0.5), text, mask,
+                                     settings, False, null_text=(negative, mask))
+  assert all(bool(c["keep"].all()) for c in counter.calls)
+  np.testing.assert_allclose(u, (1 + 4.0) * 4.0 - 4.0 * 0.4, rtol=1e-6)   # 5 u(y) - 4 u(neg)
+  u_null, _ = sampler_lib.guided_velocity(apply_fn, None, x, None, jnp.float32(0.5), text,
+                                          mask, settings, False)
+  np.testing.assert_allclose(u_null, 5 * 4.0 - 4 * 0.5, rtol=1e-6)       # the model's null
+
+
+def test_settings_of_older_runs_default_to_the_uniform_schedule():
+  old = sampling.get_config()
+  del old["schedule"]
+  assert sampler_lib.settings_from_config(old).schedule == "uniform"
+  with pytest.raises(sampler_lib.GuidanceError, match="schedule must be one of"):
+    Settings(schedule="karras").validate(jam=True)
+
+
 @pytest.fixture(scope="module")
 def random_jam(tiny_jam, perturb_params):
   """A tiny JAM model whose output depends on text and motion (nothing zero-initialised)."""

@@ -48,6 +48,8 @@ class ResultStore:
     if not result_path.exists():
       return None
     result = json.loads(result_path.read_text(encoding="utf-8"))
+    # Results written before sampler settings had a schedule sampled on the uniform grid.
+    result.get("settings", {}).setdefault("schedule", "uniform")
     if expected_fingerprint is not None and result.get("fingerprint") != expected_fingerprint:
       logging.info("%s: inputs changed since it was generated (checkpoint, prompts, seeds ...)",
                    job.key)

@@ -156,8 +156,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   def inputs(job: sweep_lib.Job) -> dict[str, Any]:
     """Everything a job's clips and metrics depend on (its fingerprint)."""
     info = infos[job.model]
+    settings = dataclasses.asdict(job.settings)
+    if settings["schedule"] == "uniform":   # as before the field existed: old results stay valid
+      del settings["schedule"]
     return {"workdir": info.workdir, "step": info.step, "weights": config.weights,
-            "settings": dataclasses.asdict(job.settings), "prompts": prompts, "seeds": seeds,
+            "settings": settings, "prompts": prompts, "seeds": seeds,
             "batch_size": config.batch_size, "dis_preset": config.metrics.dis_preset,
             "fps": _fps(config, info), "min_side": config.report.min_side,
             "heldout": config.heldout.to_dict()}

@@ -110,9 +110,11 @@ class Skipped:
 
 
 def setting_name(s: sampler_lib.SamplerSettings) -> str:
-  """E.g. 'inner_w1-5_w2-3_n25_euler_shift1_until1' (unique per canonical setting)."""
-  return (f"{s.guidance}_w1-{_num(s.text_scale)}_w2-{_num(s.motion_scale)}_n{s.num_steps}_"
+  """E.g. 'inner_w1-5_w2-3_n25_euler_shift1_until1' (unique per canonical setting; a
+  non-uniform time schedule is appended, so older sweeps keep their folder names)."""
+  name = (f"{s.guidance}_w1-{_num(s.text_scale)}_w2-{_num(s.motion_scale)}_n{s.num_steps}_"
           f"{s.solver}_shift{_num(s.time_shift)}_until{_num(s.inner_guidance_until)}")
+  return name if s.schedule == "uniform" else f"{name}_{s.schedule}"
 
 
 def _num(x: float) -> str:

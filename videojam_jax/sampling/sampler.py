@@ -47,6 +47,7 @@ class SamplerSettings:
   num_steps: int
   solver: str                  # euler | heun
   time_shift: float            # > 1 spends more steps near noise
+  schedule: str                # where the steps' times lie: see time_grid
   guidance: str                # none | cfg | inner
   text_scale: float            # w1
   motion_scale: float          # w2
@@ -62,6 +63,8 @@ class SamplerSettings:
       raise GuidanceError(f"num_steps must be >= 1, got {self.num_steps}")
     if self.time_shift <= 0:
       raise GuidanceError(f"time_shift must be > 0, got {self.time_shift}")
+    if self.schedule not in TIME_SCHEDULES:
+      raise GuidanceError(f"schedule must be one of {TIME_SCHEDULES}, got {self.schedule!r}")
     if self.guidance == "inner" and not jam:
       raise GuidanceError(
           "Inner-Guidance needs a VideoJAM model (it guides with the model's own motion "
@@ -73,6 +76,8 @@ def settings_from_config(sample_config: ml_collections.ConfigDict, **overrides: 
   """SamplerSettings from config.sample (configs/sampling.py), with `overrides` on top."""
   fields = [f.name for f in dataclasses.fields(SamplerSettings)]
   values = {k: v for k, v in sample_config.items() if k in fields}
+  # Runs saved before config.sample.schedule existed all sampled on the uniform grid.
+  values.setdefault("schedule", "uniform")
   values.update(overrides)
   missing = [f for f in fields if f not in values]
   if missing:
@@ -125,12 +130,15 @@ Scales = tuple[jnp.ndarray | float, jnp.ndarray | float]
 def guided_velocity(apply_fn: ApplyFn, params: Any, x: jnp.ndarray, d: jnp.ndarray | None,
                     t: jnp.ndarray, text: jnp.ndarray, text_mask: jnp.ndarray,
                     settings: SamplerSettings, jam: bool, scales: Scales | None = None,
+                    null_text: tuple[jnp.ndarray, jnp.ndarray] | None = None,
                     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
   """The guided joint velocity at scalar time t for a batch (x, d).
 
   `text` is whatever `apply_fn` takes as the caption (token ids, or tokens
   already encoded). `scales` = (w1, w2), possibly traced, overrides the
-  settings' text_scale and motion_scale.
+  settings' text_scale and motion_scale. `null_text` = (text, mask) of a
+  negative prompt, shaped like `text`: the unconditional term then sees it
+  (with text kept) instead of the model's null caption, as Wan's pipelines do.
   """
   b = x.shape[0]
   if settings.guidance == "none":
@@ -140,21 +148,24 @@ def guided_velocity(apply_fn: ApplyFn, params: Any, x: jnp.ndarray, d: jnp.ndarr
   # Past inner_guidance_until the motion term is off: plain text guidance.
   w2 = jnp.where(t < settings.inner_guidance_until, w2, 0.0)
   # Conditions: (text, motion), (null text, motion) [, (text, null motion)].
-  keeps = [True, False] + ([True] if settings.guidance == "inner" else [])
+  keeps = [True, null_text is not None] + ([True] if settings.guidance == "inner" else [])
   zeros_d = None if d is None else jnp.zeros_like(d)
   ds = [d, d] + ([zeros_d] if settings.guidance == "inner" else [])
+  null = (text, text_mask) if null_text is None else null_text
+  texts = [text, null[0]] + ([text] if settings.guidance == "inner" else [])
+  masks = [text_mask, null[1]] + ([text_mask] if settings.guidance == "inner" else [])
   n = len(keeps)
   keep = jnp.repeat(jnp.asarray(keeps), b)
 
   if settings.batched:
     stack = lambda xs: jnp.concatenate(xs, axis=0)
     u_x, u_d = apply_fn(params, stack([x] * n), None if d is None else stack(ds),
-                        jnp.full((n * b,), t), stack([text] * n), stack([text_mask] * n), keep)
+                        jnp.full((n * b,), t), stack(texts), stack(masks), keep)
     split = lambda u: None if u is None else jnp.split(u, n, axis=0)
     parts_x, parts_d = split(u_x), split(u_d)
   else:
-    outs = [apply_fn(params, x, di, jnp.full((b,), t), text, text_mask, jnp.full((b,), k))
-            for di, k in zip(ds, keeps)]
+    outs = [apply_fn(params, x, di, jnp.full((b,), t), ti, mi, jnp.full((b,), k))
+            for di, ti, mi, k in zip(ds, texts, masks, keeps)]
     parts_x = [o[0] for o in outs]
     parts_d = None if d is None else [o[1] for o in outs]
 
@@ -172,25 +183,28 @@ def inner_guidance_steps(settings: SamplerSettings) -> int:
   """How many leading steps start at t < inner_guidance_until (all when it is >= 1)."""
   if settings.guidance != "inner":
     return 0
-  times = time_grid(settings.num_steps, settings.time_shift)[:-1]
+  times = time_grid(settings.num_steps, settings.time_shift, settings.schedule)[:-1]
   return int(np.sum(times < settings.inner_guidance_until))
 
 
 def sample_loop(apply_fn: ApplyFn, params: Any, noise_x: jnp.ndarray, noise_d: jnp.ndarray | None,
                 text: jnp.ndarray, text_mask: jnp.ndarray, settings: SamplerSettings,
-                jam: bool, scales: Scales | None = None) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+                jam: bool, scales: Scales | None = None,
+                null_text: tuple[jnp.ndarray, jnp.ndarray] | None = None,
+                ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
   """Integrates from the given noise to t = 1; returns (video, motion) in model space.
+  `null_text`: a negative prompt for the unconditional term (see guided_velocity).
 
   With Inner-Guidance limited to t < inner_guidance_until, the steps after it run
   as a second loop with text guidance only: two conditions per step instead of
   three, the same result as three with w2 = 0.
   """
-  times = jnp.asarray(time_grid(settings.num_steps, settings.time_shift))
+  times = jnp.asarray(time_grid(settings.num_steps, settings.time_shift, settings.schedule))
 
   def body_for(phase_settings: SamplerSettings):
     def velocity(x, d, t):
       return guided_velocity(apply_fn, params, x, d, t, text, text_mask, phase_settings, jam,
-                             scales)
+                             scales, null_text)
 
     def body(i, carry):
       x, d = carry

@@ -19,7 +19,7 @@ def test_summary_rows(make_results):
       ("videojam", "Inner-Guidance w1=5 w2=3")]
   assert list(rows[0]) == [
       "model", "setting", "checkpoint_step", "guidance", "text_scale", "motion_scale", "num_steps",
-      "time_shift", "inner_guidance_until", "solver", "num_clips",
+      "time_shift", "inner_guidance_until", "solver", "schedule", "num_clips",
       "warping_error_mean", "warping_error_std", "motion_smoothness_mean", "motion_smoothness_std",
       "motion_epe_mean", "motion_epe_std"]
   for n, row in enumerate(rows):

@@ -13,10 +13,11 @@ from typing import Any
 
 # Numeric sampler fields that can be plotted on an x axis, in display order.
 NUMERIC_FIELDS = ("text_scale", "motion_scale", "num_steps", "time_shift", "inner_guidance_until")
-SETTING_FIELDS = ("guidance",) + NUMERIC_FIELDS + ("solver",)
+SETTING_FIELDS = ("guidance",) + NUMERIC_FIELDS + ("solver", "schedule")
 # Short names used in labels (w1, w2 as in the paper).
 SHORT_NAMES = {"text_scale": "w1", "motion_scale": "w2", "num_steps": "steps",
-               "time_shift": "shift", "inner_guidance_until": "until", "solver": "solver"}
+               "time_shift": "shift", "inner_guidance_until": "until", "solver": "solver",
+               "schedule": "schedule"}
 GUIDANCE_NAMES = {"none": "no guidance", "cfg": "CFG", "inner": "Inner-Guidance"}
 # The scales each guidance mode uses: always in its label, varying or not.
 _SCALES_USED = {"none": (), "cfg": ("text_scale",), "inner": ("text_scale", "motion_scale")}

@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   # .npz of precomputed caption embeddings (captions, embeddings, masks), used when
   # model.text.source == "precomputed".
   config.data.text_embeddings = ""
+  # A diffusers Wan 2.1 pipeline folder whose umT5 (tokenizer/, text_encoder/) writes
+  # data.text_embeddings: python -m data_pipelines.embed_captions --config ...
+  config.data.text_encoder = ""
   # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train_clips = 1024

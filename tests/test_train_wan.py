@@ -1,4 +1,9 @@
-"""The tiny Wan 2.1 trains, evaluates, samples and resumes through `python -m videojam_jax.train`."""
+"""The tiny Wan 2.1 trains, evaluates, samples, resumes and exports through the real commands.
+
+Its captions are umT5 embeddings that `data_pipelines.caption_embeddings` wrote with
+the fixture pipeline's tiny umT5 (tests/fixtures/wan/pipeline), as a user's run
+on real Wan weights would have them.
+"""
 
 import json
 import os
@@ -11,24 +16,36 @@ import pytest
 
 from configs import wan_tiny
 from data_pipelines import build_synthetic
+from data_pipelines import caption_embeddings
 from tests.conftest import REPO
 from tests.test_train_e2e import env
+from videojam_jax.model import diffusers_format as fmt
 from videojam_jax.training import checkpoints
 
 NUM_STEPS = 4
+PIPELINE = REPO / "tests" / "fixtures" / "wan" / "pipeline"
+TEXT = dict(source="precomputed", max_length=16, embedding_dim=32)   # the fixture umT5
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
+  """(dataset_dir, umT5 caption embeddings .npz)."""
   config = wan_tiny.get_config()
   config.data.dataset_dir = str(tmp_path_factory.mktemp("data"))
   build_synthetic.build(config)
-  return config.data.dataset_dir
+  config.model.text.update(TEXT)
+  config.data.text_encoder = str(PIPELINE)
+  config.data.text_embeddings = str(tmp_path_factory.mktemp("text") / "umt5.npz")
+  caption_embeddings.embed_captions(config)
+  return config.data.dataset_dir, config.data.text_embeddings
 
 
 def run(dataset, workdir, *overrides):
+  dataset_dir, embeddings = dataset
   command = [sys.executable, "-m", "videojam_jax.train", "--config", "configs/wan_tiny.py",
-             f"--workdir={workdir}", f"--config.data.dataset_dir={dataset}",
+             f"--workdir={workdir}", f"--config.data.dataset_dir={dataset_dir}",
+             f"--config.data.text_embeddings={embeddings}",
+             *[f"--config.model.text.{k}={v}" for k, v in TEXT.items()],
              "--config.compilation_cache_dir=", "--config.train.checkpoint_every=2",
              f"--config.evals.samples.every_steps={NUM_STEPS}",
              f"--config.evals.heldout.every_steps={NUM_STEPS}", *overrides]
@@ -54,11 +71,26 @@ def test_wan_trains_evaluates_samples_and_resumes(dataset, tmp_path):
   log = run(dataset, workdir, f"--config.train.num_steps={NUM_STEPS + 2}")
   steps = [int(s) for s in re.findall(r"\[(\d+)\] train/.*train/loss=", log)]
   assert steps == [NUM_STEPS + 1, NUM_STEPS + 2]
+  # Export: a diffusers WanTransformer3DModel folder holding the checkpoint's weights.
+  out = tmp_path / "exported"
+  result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={workdir}",
+                           f"--out={out}", "--weights=params"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((out / "config.json").read_text())
+  assert config["_class_name"] == "WanTransformer3DModel" and config["text_dim"] == 32
+  saved = checkpoints.load_weights(str(workdir), "params")["transformer"]
+  reader = fmt.TensorReader(out)
+  kernel = np.asarray(saved["blocks"]["attn2"]["to_k"]["kernel"][1])   # block 1: [in, heads, d]
+  np.testing.assert_array_equal(reader.get("blocks.1.attn2.to_k.weight"),
+                                kernel.reshape(kernel.shape[0], -1).T)              # torch [out, in]
+  np.testing.assert_array_equal(reader.get("scale_shift_table"), saved["scale_shift_table"])
+  reader.close()
 
 
 def test_wan_with_jam_is_refused_before_compiling(dataset, tmp_path):
   command = [sys.executable, "-m", "videojam_jax.train", "--config", "configs/wan_tiny.py",
-             f"--workdir={tmp_path / 'run'}", f"--config.data.dataset_dir={dataset}",
+             f"--workdir={tmp_path / 'run'}", f"--config.data.dataset_dir={dataset[0]}",
              "--config.model.jam=True"]
   result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert result.returncode != 0

@@ -17,13 +17,15 @@ from configs import tiny
 def get_config() -> ml_collections.ConfigDict:
   config = tiny.get_config()
   config.model.family = "wan"
-  config.model.jam = False        # VideoJAM on Wan (motion projections) is not built yet
+  # The base Wan; --config.model.jam=True (with train.init_from a base run or a diffusers
+  # Wan folder) is Wan-VideoJAM, sampled with --config.sample.guidance=inner.
+  config.model.jam = False
   # The transformer's architecture, with diffusers' config.json field names;
   # text_dim follows the text inputs (model.text: builtin width or embedding_dim).
   config.model.wan = ml_collections.ConfigDict(dict(
       patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=3,
       out_channels=3, freq_dim=64, ffn_dim=48, num_layers=2, cross_attn_norm=True,
       eps=1e-6, rope_max_seq_len=64))
-  config.sample.guidance = "cfg"  # text CFG, as Wan samples (no motion prediction to guide with)
+  config.sample.guidance = "cfg"  # text CFG, as Wan samples (a base has no motion to guide with)
   config.sample.time_shift = 3.0  # Wan's flow shift at 480p
   return config

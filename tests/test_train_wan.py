@@ -88,10 +88,25 @@ def test_wan_trains_evaluates_samples_and_resumes(dataset, tmp_path):
   reader.close()
 
 
-def test_wan_with_jam_is_refused_before_compiling(dataset, tmp_path):
-  command = [sys.executable, "-m", "videojam_jax.train", "--config", "configs/wan_tiny.py",
-             f"--workdir={tmp_path / 'run'}", f"--config.data.dataset_dir={dataset[0]}",
-             "--config.model.jam=True"]
-  result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0
-  assert "model.jam=True with model.family='wan' is not built yet" in result.stderr
+def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guidance_and_exports(
+    dataset, tmp_path):
+  base = tmp_path / "base"
+  run(dataset, base, "--config.train.num_steps=2")
+  jam = tmp_path / "jam"
+  log = run(dataset, jam, "--config.train.num_steps=2", f"--config.train.init_from={base}",
+            "--config.train.init_from_weights=params", "--config.model.jam=True",
+            "--config.sample.guidance=inner", "--config.evals.samples.every_steps=2",
+            "--config.evals.heldout.every_steps=2")
+  assert f"initialised from {base}" in log
+  assert re.search(r"\[2\] train/.*train/motion_loss=", log)
+  assert re.search(r"\[2\] heldout/motion_loss=", log)
+  assert re.search(r"\[2\] samples/.*warping_error=", log)
+  params = checkpoints.params_metadata(jam, "params")["transformer"]
+  assert "motion_patch_embedding" in params and "motion_proj_out" in params
+  out = tmp_path / "exported"
+  result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={jam}",
+                           f"--out={out}"], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((out / "config.json").read_text())
+  assert config["in_channels"] == config["out_channels"] == 6      # 3 video + 3 motion

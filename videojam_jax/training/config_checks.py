@@ -107,8 +107,6 @@ def _wan_problems(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict,
   for name in ("in_channels", "out_channels"):
     if int(w.get(name, 16)) != channels:
       problems.append(f"model.wan.{name}={w.get(name, 16)} but the clips have data.channels={channels}")
-  if m.jam:
-    problems.append("model.jam=True with model.family='wan' is not built yet: set model.jam=False")
   if tensor > 1:
     for name in ("num_attention_heads", "ffn_dim"):
       if int(w[name]) % tensor:

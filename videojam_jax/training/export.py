@@ -49,4 +49,6 @@ def export_run(workdir: str, out_dir: str | os.PathLike, *, which: str = "ema",
                             step=info.step if step is None else step)
   config = video_model.transformer_config(model_config,
                                           text_encoder_lib.text_width(model_config.text))
+  if model.jam:   # Wan-VideoJAM: a 2C-channel WanTransformer3DModel, channels C.. motion
+    return wan_weights.save_jam_transformer(out_dir, config, params["transformer"], dtype=dtype)
   return wan_weights.save_transformer(out_dir, config, params["transformer"], dtype=dtype)

@@ -24,6 +24,7 @@ from etils import epath
 
 from videojam_jax.model import functional
 from videojam_jax.model import retrofit
+from videojam_jax.model.wan import weights as wan_weights
 from videojam_jax.training import checkpoints
 from videojam_jax.training import experiment as experiment_lib
 
@@ -99,11 +100,15 @@ def load_params(model: functional.FunctionalModel, path: str, which: str = "ema"
                 step: int | None = None) -> Any:
   """A run's `which` weights ('ema' | 'params') in `model`'s shardings.
 
-  `path` is a run's workdir or its checkpoints/ folder. A base (pixel-only)
-  checkpoint loaded into a VideoJAM model is retrofitted (`retrofit.base_to_jam`:
-  zero motion input rows, the motion head a copy of the video head); a VideoJAM
-  checkpoint cannot go into a baseline model.
+  `path` is a run's workdir or its checkpoints/ folder, or (for a Wan model) a
+  diffusers Wan transformer folder or pipeline folder, e.g. the downloaded
+  Wan2.1-T2V-1.3B-Diffusers. A base checkpoint loaded into a VideoJAM model is
+  retrofitted (`retrofit.base_to_jam`: zero motion input rows, the motion head a
+  copy of the video head); a VideoJAM checkpoint cannot go into a baseline model.
   """
+  diffusers_dir = wan_weights.transformer_dir(path)
+  if diffusers_dir is not None:
+    return _load_diffusers_wan(model, diffusers_dir)
   saved = checkpoints.params_metadata(path, which, step=step)
   target = model.abstract_params
   if model.jam and not retrofit.is_jam(saved):
@@ -115,6 +120,23 @@ def load_params(model: functional.FunctionalModel, path: str, which: str = "ema"
     raise retrofit.RetrofitError(
         f"{path}: a VideoJAM checkpoint cannot be loaded into a baseline model (model.jam=False)")
   return checkpoints.load_params(path, which, target, step=step)
+
+
+def _load_diffusers_wan(model: functional.FunctionalModel, directory: str) -> Any:
+  target = model.abstract_params
+  if "transformer" not in target:
+    raise retrofit.RetrofitError(f"{directory} is a diffusers Wan transformer; it initialises "
+                                 "model.family='wan' models only")
+  base_like = retrofit.base_params_like(target) if model.jam else target
+  if set(base_like) != {"transformer"}:
+    raise retrofit.RetrofitError(
+        f"{directory}: a diffusers Wan transformer reads umT5 embeddings; this model also has "
+        f"{sorted(set(base_like) - {'transformer'})} (set model.text.source='precomputed')")
+  base = {"transformer": wan_weights.load_base_transformer(directory, base_like["transformer"])}
+  if not model.jam:
+    return base
+  with model.plan.active():
+    return jax.jit(lambda p: retrofit.base_to_jam(p, target), out_shardings=model.shardings)(base)
 
 
 @dataclasses.dataclass

@@ -296,7 +296,12 @@ class WanTransformer(nnx.Module):
   """Wan 2.1 T2V: noisy latents [B, F, H, W, in_channels] -> velocity [B, F, H, W, out_channels]."""
 
   def __init__(self, config: WanTransformerConfig, *, dtype: Any = jnp.float32,
-               remat_policy: str = "none", attention_impl: str = "xla", rngs: nnx.Rngs):
+               remat_policy: str = "none", attention_impl: str = "xla",
+               motion_channels: int = 0, motion_input_init: str = "zeros", rngs: nnx.Rngs):
+    """motion_channels > 0 adds VideoJAM's two projections (Wan-VideoJAM): the motion
+    latents' patch embedding, added to the video's (zero-initialised, or Xavier with
+    motion_input_init='xavier'), and a motion head beside `proj_out` (zero-initialised;
+    a retrofit copies proj_out into it)."""
     if remat_policy not in layers.REMAT_POLICIES:
       raise WanConfigError(f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
                            f"got {remat_policy!r}")
@@ -313,6 +318,14 @@ class WanTransformer(nnx.Module):
     self.proj_out = layers.linear(dim, int(np.prod(patch)) * config.out_channels,
                                   ("embed", "patch"), dtype=self.dtype, rngs=rngs)
     self.scale_shift_table = _scale_shift_table(2, dim, rngs)
+    self.motion_channels = int(motion_channels)
+    if self.motion_channels:
+      self.motion_patch_embedding = layers.linear(
+          int(np.prod(patch)) * self.motion_channels, dim, ("patch", "embed"), dtype=self.dtype,
+          use_bias=False, zero_init=motion_input_init == "zeros", rngs=rngs)
+      self.motion_proj_out = layers.linear(dim, int(np.prod(patch)) * self.motion_channels,
+                                           ("embed", "patch"), dtype=self.dtype, zero_init=True,
+                                           rngs=rngs)
 
   def embed_text(self, text: jax.Array) -> jax.Array:
     """Text embeddings [B, L, text_dim] -> the tokens [B, L, dim] every block attends to
@@ -320,10 +333,13 @@ class WanTransformer(nnx.Module):
     return self.condition_embedder.text_embedder(text.astype(self.dtype))
 
   def __call__(self, latents: jax.Array, timestep: jax.Array, text: jax.Array | None = None,
-               *, text_tokens: jax.Array | None = None) -> jax.Array:
+               *, text_tokens: jax.Array | None = None, motion: jax.Array | None = None
+               ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """latents [B, F, H, W, C]; timestep [B] in [0, 1000]; text [B, L, text_dim] (umT5
     embeddings, zero-padded past the caption as Wan's pipeline pads them: no mask), or
-    `text_tokens`, the result of `embed_text`."""
+    `text_tokens`, the result of `embed_text`. With motion projections, also the noisy
+    motion latents `motion` [B, F, H, W, motion_channels]; then returns (video velocity,
+    motion velocity), else the velocity."""
     c = self.config
     b, f, h, w, channels = latents.shape
     if channels != c.in_channels:
@@ -336,6 +352,14 @@ class WanTransformer(nnx.Module):
     rope = (jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32))
 
     x = self.patch_embedding(dit.patchify(latents.astype(self.dtype), c.patch_size))
+    if self.motion_channels:
+      if motion is None or motion.shape != latents.shape[:4] + (self.motion_channels,):
+        raise WanConfigError(f"Wan-VideoJAM needs motion latents of shape "
+                             f"{latents.shape[:4] + (self.motion_channels,)}, got "
+                             f"{None if motion is None else motion.shape}")
+      # A separate projection, added: with zero weights it adds exact zeros, so a
+      # retrofitted model's video output is the base model's bit for bit.
+      x = x + self.motion_patch_embedding(dit.patchify(motion.astype(self.dtype), c.patch_size))
     x = sharding.constrain(x, TOKENS)
     temb, timestep_proj = self.condition_embedder.time(timestep)
     if text_tokens is None:
@@ -349,4 +373,8 @@ class WanTransformer(nnx.Module):
     shift, scale = mod[:, :1], mod[:, 1:]
     x = (self.norm_out(x) * (1 + scale) + shift).astype(self.dtype)
     out = self.proj_out(x).astype(jnp.float32)
-    return dit.unpatchify(out, c.patch_size, (f, h, w, c.out_channels))
+    velocity = dit.unpatchify(out, c.patch_size, (f, h, w, c.out_channels))
+    if not self.motion_channels:
+      return velocity
+    motion_out = self.motion_proj_out(x).astype(jnp.float32)
+    return velocity, dit.unpatchify(motion_out, c.patch_size, (f, h, w, self.motion_channels))

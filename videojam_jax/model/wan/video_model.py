@@ -12,8 +12,11 @@ the built-in byte-level encoder (small runs, tests), and the padded positions ar
 zeroed as Wan's pipeline does. The null caption of classifier-free guidance is
 all-zero embeddings (an empty, fully padded caption).
 
-Image-to-video and VideoJAM's motion projections on Wan (jam=True) are not built
-here yet: the latter is the retrofit of the Wan fine-tuning work.
+With `jam` (Wan-VideoJAM), the transformer carries VideoJAM's two projections: the
+noisy motion latents' patch embedding added to the video's, and a motion head beside
+`proj_out` (videojam_jax/model/retrofit.py turns a base Wan into one; export writes a
+32-channel WanTransformer3DModel, `weights.save_jam_transformer`). Image-to-video is
+not built.
 """
 
 from __future__ import annotations
@@ -32,19 +35,22 @@ TIMESTEP_SCALE = 1000.0     # Wan's timestep = 1000 * sigma
 
 
 class WanVideoModel(nnx.Module):
-  """Wan 2.1 T2V with our time / velocity conventions; `jam` must be False for now."""
+  """Wan 2.1 T2V (or Wan-VideoJAM with `jam`) with our time / velocity conventions."""
 
   def __init__(self, config: transformer_lib.WanTransformerConfig, *, video_shape: Any,
                text_encoder: text_encoder_lib.ByteTextEncoder | None, dtype: Any = jnp.float32,
-               remat_policy: str = "none", attention_impl: str = "xla", rngs: nnx.Rngs):
+               remat_policy: str = "none", attention_impl: str = "xla", jam: bool = False,
+               motion_input_init: str = "zeros", rngs: nnx.Rngs):
     if video_shape.channels != config.in_channels or config.out_channels != config.in_channels:
       raise transformer_lib.WanConfigError(
           f"the clips have {video_shape.channels} channels; the Wan config takes "
           f"in_channels={config.in_channels}, out_channels={config.out_channels}")
-    self.video_shape, self.jam, self.dtype = video_shape, False, jnp.dtype(dtype)
+    self.video_shape, self.jam, self.dtype = video_shape, bool(jam), jnp.dtype(dtype)
     self.text_encoder = text_encoder
     self.transformer = transformer_lib.WanTransformer(
-        config, dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl, rngs=rngs)
+        config, dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl,
+        motion_channels=video_shape.channels if jam else 0,
+        motion_input_init=motion_input_init, rngs=rngs)
 
   def encode_text(self, text: jax.Array, text_mask: jax.Array) -> jax.Array:
     """The text tokens [B, L, dim] the blocks attend to, from token ids [B, L] (built-in
@@ -68,15 +74,17 @@ class WanVideoModel(nnx.Module):
 
   def __call__(self, x_t: jax.Array, d_t: jax.Array | None, t: jax.Array,
                text: jax.Array | None, text_mask: jax.Array, text_keep: jax.Array, *,
-               encoded_text: jax.Array | None = None) -> tuple[jax.Array, None]:
-    """(u_x, None) for noisy clips x_t [B, T, H, W, C] at our time t [B]."""
-    del d_t
+               encoded_text: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """(u_x, u_d) for noisy clips x_t (and motion d_t) [B, T, H, W, C] at our time t [B];
+    u_d is None without `jam`."""
     tokens = self.encode_text(text, text_mask) if encoded_text is None else encoded_text
     tokens = jnp.where(text_keep[:, None, None], tokens.astype(self.dtype),
                        self.null_text_tokens(tokens.shape[1]))
     timestep = TIMESTEP_SCALE * (1.0 - t.astype(jnp.float32))
-    velocity = self.transformer(x_t, timestep, text_tokens=tokens)
-    return -velocity, None
+    if not self.jam:
+      return -self.transformer(x_t, timestep, text_tokens=tokens), None
+    velocity, motion_velocity = self.transformer(x_t, timestep, text_tokens=tokens, motion=d_t)
+    return -velocity, -motion_velocity
 
 
 def transformer_config(model_config: ml_collections.ConfigDict,
@@ -93,9 +101,6 @@ def transformer_config(model_config: ml_collections.ConfigDict,
 def build_model(model_config: ml_collections.ConfigDict, video_shape: Any, *,
                 rngs: nnx.Rngs) -> WanVideoModel:
   """The Wan model config.model describes (family "wan": architecture in model.wan)."""
-  if model_config.jam:
-    raise transformer_lib.WanConfigError(
-        "model.jam=True with model.family='wan' is not built yet: set model.jam=False")
   text = model_config.text
   dtype = jnp.dtype(model_config.dtype)
   encoder = text_encoder_lib.from_config(text, dtype=dtype,
@@ -103,4 +108,6 @@ def build_model(model_config: ml_collections.ConfigDict, video_shape: Any, *,
   config = transformer_config(model_config, text_encoder_lib.text_width(text))
   return WanVideoModel(config, video_shape=video_shape, text_encoder=encoder, dtype=dtype,
                        remat_policy=model_config.remat_policy,
-                       attention_impl=model_config.attention_impl, rngs=rngs)
+                       attention_impl=model_config.attention_impl, jam=bool(model_config.jam),
+                       motion_input_init=str(model_config.get("motion_input_init", "zeros")),
+                       rngs=rngs)

@@ -198,3 +198,67 @@ def save_umt5(directory: str | os.PathLike, config: umt5_lib.UMT5Config,
   """Exports our encoder parameters as a transformers UMT5EncoderModel directory."""
   return fmt.save(directory, umt5_table(), params, config.to_transformers(),
                   dtype=jnp.dtype(dtype), stem=fmt.TRANSFORMERS_STEM)
+
+
+# --- Wan-VideoJAM as a standard 2C-channel WanTransformer3DModel. ------------------------------
+# The export concatenates the motion projections onto the video ones along channels:
+# diffusers' model then takes [video latents, motion latents] (channels 0..C-1, C..2C-1)
+# and returns [video velocity, motion velocity] the same way. Both patch layouts order
+# a token's features (p_t, p_h, p_w, c), so the channel concatenation is per patch position.
+
+def jam_as_diffusers(config: transformer_lib.WanTransformerConfig,
+                     params: dict[str, Any]) -> tuple[transformer_lib.WanTransformerConfig,
+                                                      dict[str, Any]]:
+  """(2C-channel config, its parameters) holding a Wan-VideoJAM transformer's weights."""
+  import dataclasses
+  import numpy as np
+  p = int(np.prod(config.patch_size))
+  out = {k: v for k, v in params.items() if k not in ("motion_patch_embedding", "motion_proj_out")}
+  embed = np.asarray(params["patch_embedding"]["kernel"])                  # [P*C, D]
+  motion_embed = np.asarray(params["motion_patch_embedding"]["kernel"])
+  d = embed.shape[-1]
+  out["patch_embedding"] = dict(params["patch_embedding"], kernel=np.concatenate(
+      [embed.reshape(p, -1, d), motion_embed.reshape(p, -1, d)], axis=1).reshape(-1, d))
+  head, motion_head = params["proj_out"], params["motion_proj_out"]
+  kernel = np.concatenate([np.asarray(head["kernel"]).reshape(d, p, -1),
+                           np.asarray(motion_head["kernel"]).reshape(d, p, -1)], axis=2)
+  bias = np.concatenate([np.asarray(head["bias"]).reshape(p, -1),
+                         np.asarray(motion_head["bias"]).reshape(p, -1)], axis=1)
+  out["proj_out"] = dict(kernel=kernel.reshape(d, -1), bias=bias.reshape(-1))
+  channels = 2 * config.in_channels
+  return dataclasses.replace(config, in_channels=channels, out_channels=channels), out
+
+
+def save_jam_transformer(directory: str | os.PathLike, config: transformer_lib.WanTransformerConfig,
+                         params: dict[str, Any], *, dtype: Any = jnp.float32,
+                         max_shard_size: int = fmt.DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+  """Exports a Wan-VideoJAM transformer as a diffusers WanTransformer3DModel with
+  in_channels = out_channels = 2C (channels C..2C-1 are motion)."""
+  wide_config, wide = jam_as_diffusers(config, params)
+  return save_transformer(directory, wide_config, wide, dtype=dtype, max_shard_size=max_shard_size)
+
+
+def transformer_dir(path: str | os.PathLike) -> str | None:
+  """The WanTransformer3DModel folder `path` names (itself, or a pipeline's
+  transformer/), or None when `path` is not a diffusers Wan checkpoint."""
+  import json
+  import pathlib
+  path = pathlib.Path(path)
+  for candidate in (path, path / "transformer"):
+    config = candidate / fmt.CONFIG_NAME
+    if config.exists():
+      try:
+        if json.loads(config.read_text()).get("_class_name") == TRANSFORMER_CLASS:
+          return str(candidate)
+      except (json.JSONDecodeError, OSError):
+        return None
+  return None
+
+
+def load_base_transformer(directory: str | os.PathLike, abstract_params: dict[str, Any]
+                          ) -> dict[str, Any]:
+  """A diffusers Wan transformer folder into `abstract_params` (our WanTransformer's
+  parameters without motion projections), its architecture checked against theirs
+  by the loader's shape checks."""
+  found = read_transformer_config(directory)
+  return fmt.load(directory, transformer_table(found), abstract_params, ignore=TRANSFORMER_IGNORED)

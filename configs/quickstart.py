@@ -76,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.motion_weight = 1.0       # lambda_m
   config.loss.text_dropout = 0.1
   config.loss.motion_dropout = 0.1
-  config.loss.time_sampling = "logit_normal"  # uniform | logit_normal
+  config.loss.time_sampling = "logit_normal"  # uniform | logit_normal | shifted
+  config.loss.time_shift = 1.0                # for "shifted" (Wan recipes: 5.0)
   config.loss.logit_normal_mean = 0.0
   config.loss.logit_normal_std = 1.0
 

@@ -214,6 +214,15 @@ def test_time_distributions():
       jax.random.key(0), n, loss_config(time_sampling="logit_normal", logit_normal_mean=1.0)))
   # E[sigmoid(N(1, 1))] ~ 0.697.
   assert abs(shifted.mean() - 0.697) < 0.01
+  # Wan's shifted sampling: noise level s uniform, shifted by 5. P(t < 0.5) = P(s' > 0.5)
+  # = P(s > 1/6) = 5/6: most of the mass near noise.
+  wan = np.asarray(flow_matching.sample_time(
+      jax.random.key(0), n, loss_config(time_sampling="shifted", time_shift=5.0)))
+  assert wan.min() >= 0 and wan.max() <= 1
+  assert abs(np.mean(wan < 0.5) - 5 / 6) < 0.01
+  same = np.asarray(flow_matching.sample_time(
+      jax.random.key(0), n, loss_config(time_sampling="shifted", time_shift=1.0)))
+  np.testing.assert_allclose(same, 1 - uniform, atol=1e-6)       # shift 1: uniform again
   with pytest.raises(ValueError, match="time_sampling"):
     flow_matching.sample_time(jax.random.key(0), 4, loss_config(time_sampling="beta"))
 

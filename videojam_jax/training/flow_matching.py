@@ -21,13 +21,20 @@ Batch = dict[str, jnp.ndarray]
 
 
 def sample_time(rng: jax.Array, batch: int, loss_config: ml_collections.ConfigDict) -> jnp.ndarray:
-  """Training times t [B]: uniform, or logit-normal (SD3's choice, more mass mid-path)."""
+  """Training times t [B]: uniform; logit-normal (SD3's choice, more mass mid-path); or
+  "shifted": the noise level s = 1 - t uniform, then shift s / (1 + (shift - 1) s) with
+  shift = loss.time_shift (what Wan fine-tuning recipes use, e.g. shift 5: more mass
+  near noise; the same shift as the sampler's time_shift)."""
   if loss_config.time_sampling == "uniform":
     return jax.random.uniform(rng, (batch,))
+  if loss_config.time_sampling == "shifted":
+    shift = loss_config.get("time_shift", 1.0)
+    s = jax.random.uniform(rng, (batch,))
+    return 1.0 - shift * s / (1.0 + (shift - 1.0) * s)
   if loss_config.time_sampling == "logit_normal":
     z = loss_config.logit_normal_mean + loss_config.logit_normal_std * jax.random.normal(rng, (batch,))
     return jax.nn.sigmoid(z)
-  raise ValueError(f"loss.time_sampling must be 'uniform' or 'logit_normal', "
+  raise ValueError(f"loss.time_sampling must be 'uniform', 'logit_normal' or 'shifted', "
                    f"got {loss_config.time_sampling!r}")
 
 

@@ -28,13 +28,16 @@ def per_token_weights(config):
       continue
     if path.startswith("blocks/") and not any(s in path for s in PER_TEXT_TOKEN):
       total += int(np.prod(leaf.shape))
-    elif path.startswith(("patch_embedding", "proj_out")):
+    elif path.startswith(("patch_embedding", "proj_out", "motion_patch_embedding",
+                          "motion_proj_out")):
       total += int(np.prod(leaf.shape))
   return total
 
 
 def test_params_per_token_match_the_model():
   config = wan_tiny.get_config()
+  assert flops.model_flops(config)["params_per_token"] == per_token_weights(config)
+  config.model.jam = True       # Wan-VideoJAM: two more per-token projections
   assert flops.model_flops(config)["params_per_token"] == per_token_weights(config)
 
 

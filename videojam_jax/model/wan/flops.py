@@ -27,6 +27,8 @@ def model_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
                                                 wan.patch_size)]))
   length = int(m.text.max_length)
   n_token = depth * (6 * w * w + 2 * w * ffn) + 2 * patch_dim * w
+  if m.jam:   # Wan-VideoJAM: the motion patch embedding and the motion head, per token
+    n_token += 2 * patch_dim * w
   per_token = 6 * n_token + 12 * depth * w * (tokens + length)
   n_clip = wan.freq_dim * w + w * w + 6 * w * w            # time embedder + time_proj
   n_caption = wan.text_dim * w + w * w + depth * 2 * w * w   # text embedder + cross k/v

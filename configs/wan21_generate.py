@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.height = 480                  # multiples of 16
   config.width = 832
   config.fps = 16                      # Wan 2.1's frame rate
+  config.flow_sigma = 0.15             # the motion encoding's sigma (Wan-VideoJAM panels)
   config.seed = 0
   config.batch_size = 1                # prompts per sampler call
   config.max_sequence_length = 512     # umT5 tokens per prompt
@@ -31,7 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict()
   config.sample.num_steps = 50
   config.sample.solver = "euler"       # euler | heun (not UniPC's multistep solver)
+  # auto: Inner-Guidance for a Wan-VideoJAM folder (our export of a jam run, 2x the VAE's
+  # channels; the MP4s then show the video beside its decoded motion), else CFG.
+  config.sample.guidance = "auto"      # auto | none | cfg | inner
   config.sample.guidance_scale = 5.0   # diffusers' g; our text_scale w1 = g - 1
+  config.sample.motion_scale = 3.0     # w2 of Inner-Guidance (Wan-VideoJAM only)
+  config.sample.inner_guidance_until = 1.0
   # "" / 0: what the pipeline's scheduler_config.json says (UniPC: unipc_flow, flow_shift 3
   # for 480p in the published 1.3B and 14B folders); else a sampler.time_grid schedule.
   config.sample.schedule = ""

@@ -7,6 +7,7 @@ scale 5, empty negative prompt) for 4 steps from recorded initial latents; ours
 must give the same final latents and frames.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -60,8 +61,9 @@ def test_scheduler_defaults_are_read_from_the_folder(pipeline):
 def test_matches_the_diffusers_pipeline(pipeline, outputs):
   settings = wan_pipeline.settings_from_config(fixture_config(), pipeline.scheduler)
   noise = outputs["initial_latents"].transpose(0, 2, 3, 4, 1)      # -> channels-last
-  video, latents = pipeline.generate(list(outputs["prompts"]), num_frames=5, height=16,
-                                     width=16, settings=settings, noise=noise)
+  video, motion, latents = pipeline.generate(list(outputs["prompts"]), num_frames=5,
+                                             height=16, width=16, settings=settings, noise=noise)
+  assert motion is None and not pipeline.jam
   reference = outputs["final_latents"].transpose(0, 2, 3, 4, 1)
   err = np.abs(latents - reference).max() / np.abs(reference).max()
   print(f"\npipeline latents: max abs / max |ref| {err:.3g}")
@@ -72,7 +74,7 @@ def test_matches_the_diffusers_pipeline(pipeline, outputs):
   assert video.shape == outputs["frames"].shape == (3, 5, 16, 16, 3)
   assert frames_err < 1e-4
   # Without guidance the result differs: the negative prompt really enters.
-  unguided = pipeline.sample_latents(
+  unguided, _ = pipeline.sample_latents(
       list(outputs["prompts"]), num_frames=5, height=16, width=16, noise=noise,
       settings=wan_pipeline.settings_from_config(fixture_config(guidance_scale=1.0),
                                                  pipeline.scheduler))
@@ -117,3 +119,69 @@ def test_generate_entry_point_writes_mp4s(tmp_path):
                                                        "a disc falls"]
   assert record["settings"]["schedule"] == "flow_match_euler"
   assert "generated 3 / 3 prompts" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def jam_pipeline_dir(tmp_path_factory, pipeline, perturb_params):
+  """The fixture pipeline with its transformer retrofitted to Wan-VideoJAM and exported
+  (2 x 4 channels); `retrofitted`: motion rows zero as at conversion, else trained-looking."""
+  import jax
+  from flax import nnx
+  from videojam_jax.model import dit, functional
+  from videojam_jax.model.wan import video_model, weights
+  from videojam_jax.training import runs
+  config = pipeline.transformer_config
+  shape = dit.VideoShape(2, 2, 2, 4)
+  create = lambda rngs: video_model.WanVideoModel(config, video_shape=shape, text_encoder=None,
+                                                  jam=True, rngs=rngs)
+  graphdef, abstract = functional.abstract_split(lambda: create(nnx.Rngs(0)), pipeline.plan)
+  model = functional.FunctionalModel(graphdef, abstract, shape, True, pipeline.plan, create)
+  retrofitted = jax.device_get(runs.load_params(model, str(PIPELINE / "transformer")))
+  trained = perturb_params(retrofitted, seed=8)
+  dirs = {}
+  for name, params in (("retrofitted", retrofitted), ("trained", trained)):
+    root = tmp_path_factory.mktemp(name) / "p"
+    shutil.copytree(PIPELINE, root, ignore=shutil.ignore_patterns("transformer"))
+    weights.save_jam_transformer(root / "transformer", config, params["transformer"])
+    dirs[name] = root
+  return dirs
+
+
+def test_a_retrofitted_export_samples_the_base_video(jam_pipeline_dir, pipeline, outputs):
+  plan = pipeline.plan
+  jam = wan_pipeline.WanPipeline(jam_pipeline_dir["retrofitted"], plan, max_sequence_length=16)
+  assert jam.jam and jam.transformer_config == pipeline.transformer_config
+  settings = wan_pipeline.settings_from_config(fixture_config(guidance="cfg"), jam.scheduler, True)
+  noise = outputs["initial_latents"].transpose(0, 2, 3, 4, 1)
+  latents, motion = jam.sample_latents(list(outputs["prompts"]), num_frames=5, height=16,
+                                       width=16, settings=settings, noise=noise)
+  base, _ = pipeline.sample_latents(list(outputs["prompts"]), num_frames=5, height=16, width=16,
+                                    settings=settings, noise=noise)
+  np.testing.assert_array_equal(latents, base)      # the motion rows are zero: video unchanged
+  assert motion is not None and motion.shape == latents.shape
+
+
+def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipeline_dir,
+                                                                       pipeline, tmp_path):
+  jam = wan_pipeline.WanPipeline(jam_pipeline_dir["trained"], pipeline.plan,
+                                 max_sequence_length=16)
+  settings = wan_pipeline.settings_from_config(fixture_config(), jam.scheduler, True)
+  assert settings.guidance == "inner" and settings.motion_scale == 3.0
+  kwargs = dict(num_frames=5, height=16, width=16, seed=3)
+  guided, motion = jam.sample_latents(["a red ball bounces"], settings=settings, **kwargs)
+  cfg, _ = jam.sample_latents(["a red ball bounces"], **kwargs,
+                              settings=dataclasses.replace(settings, guidance="cfg"))
+  assert np.abs(guided - cfg).max() > 1e-3          # the motion term changes the result
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "-m", "videojam_jax.generate", "--config", "configs/wan21_generate.py",
+       f"--workdir={out}", f"--config.pipeline_dir={jam_pipeline_dir['trained']}",
+       "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
+       "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
+       "--config.dtype=float32", "--config.max_sequence_length=16"],
+      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  frames = iio.imread(out / "sample_000.mp4", plugin="pyav")
+  assert frames.shape == (5, 16, 2 * 16 + 2, 3)      # video | gap | motion
+  record = json.loads((out / "samples.json").read_text())
+  assert record["wan_videojam"] and record["settings"]["guidance"] == "inner"

@@ -1,8 +1,8 @@
 """Text to video with a diffusers Wan 2.1 pipeline folder, in JAX: prompts -> MP4 frames.
 
   pipeline = WanPipeline("Wan2.1-T2V-1.3B-Diffusers", plan)
-  video, latents = pipeline.generate(prompts, num_frames=81, height=480, width=832,
-                                     settings=settings)
+  video, motion, latents = pipeline.generate(prompts, num_frames=81, height=480,
+                                             width=832, settings=settings)
 
 The folder is what `WanPipeline.save_pretrained` (diffusers) writes and what the
 hub publishes: tokenizer/ and text_encoder/ (umT5), transformer/, vae/ and
@@ -18,6 +18,11 @@ combination: u_neg + g (u - u_neg) = (1 + w1) u - w1 u_neg). With the
 with FlowMatchEulerDiscreteScheduler step for step (tested). The published
 pipelines use UniPC (`unipc_flow`): we place the steps at its sigmas but
 integrate with Euler or Heun, not UniPC's multistep predictor-corrector.
+
+A folder whose transformer takes twice the VAE's channels is a Wan-VideoJAM export
+(`python -m videojam_jax.export` of a jam run): it is loaded with its motion
+projections split off again, sampled with Inner-Guidance, and both latents are
+decoded (the motion video beside the frames in the MP4s).
 """
 
 from __future__ import annotations
@@ -109,6 +114,14 @@ class WanPipeline:
         directory, plan, dtype=dtype, max_length=max_sequence_length)
     self.transformer_config = weights.read_transformer_config(directory / "transformer")
     self.vae_config = weights.read_vae_config(directory / "vae")
+    # A Wan-VideoJAM export (our `export` of a jam run) takes [video, motion] latents:
+    # twice the VAE's channels. It samples with Inner-Guidance and decodes both.
+    self.jam = self.transformer_config.in_channels == 2 * self.vae_config.z_dim
+    self._wide_config = self.transformer_config
+    if self.jam:
+      self.transformer_config = dataclasses.replace(
+          self.transformer_config, in_channels=self.vae_config.z_dim,
+          out_channels=self.vae_config.z_dim)
     if self.transformer_config.in_channels != self.vae_config.z_dim:
       raise PipelineError(f"{directory}: the transformer takes {self.transformer_config.in_channels}"
                           f" channels, the VAE makes {self.vae_config.z_dim}")
@@ -141,14 +154,26 @@ class WanPipeline:
       def create(rngs: nnx.Rngs) -> video_model.WanVideoModel:
         return video_model.WanVideoModel(self.transformer_config, video_shape=shape,
                                          text_encoder=None, dtype=self.dtype,
-                                         attention_impl=self.attention_impl, rngs=rngs)
+                                         attention_impl=self.attention_impl, jam=self.jam,
+                                         rngs=rngs)
       graphdef, abstract = functional.abstract_split(lambda: create(nnx.Rngs(0)), self.plan)
       if self._transformer_params is None:   # the weights do not depend on the clip shape
-        self._transformer_params = {"transformer": weights.load_transformer(
-            self.directory / "transformer", self.transformer_config, abstract["transformer"])}
-      self._models[key] = functional.FunctionalModel(graphdef, abstract, shape, False, self.plan,
-                                                     create)
+        self._transformer_params = {"transformer": self._load_transformer(abstract["transformer"])}
+      self._models[key] = functional.FunctionalModel(graphdef, abstract, shape, self.jam,
+                                                     self.plan, create)
     return self._models[key]
+
+  def _load_transformer(self, abstract: Any) -> Any:
+    directory = self.directory / "transformer"
+    if not self.jam:
+      return weights.load_transformer(directory, self.transformer_config, abstract)
+    # Wan-VideoJAM: read the 2C-channel tensors, split off the motion projections on
+    # the host (a whole float32 copy of the model there, once), then place them.
+    _, wide_abstract = functional.abstract_split(
+        lambda: transformer_lib.WanTransformer(self._wide_config, rngs=nnx.Rngs(0)), self.plan)
+    wide = jax.device_get(weights.load_transformer(directory, self._wide_config, wide_abstract))
+    _, params = weights.jam_from_diffusers(self._wide_config, wide, self.vae_config.z_dim)
+    return jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), params, abstract)
 
   def _sampler(self, model: functional.FunctionalModel, settings: sampler_lib.SamplerSettings):
     key = (model.video_shape.dims, settings)
@@ -157,47 +182,59 @@ class WanPipeline:
         return model.apply(params, x, d_t, t, None, text_mask, text_keep,
                            encoded_text=encoded_text)
 
-      def sample(params, noise, text, mask, negative, negative_mask, text_scale):
+      def sample(params, noise, noise_motion, text, mask, negative, negative_mask, text_scale,
+                 motion_scale):
         encoded = model.encode_text(params, text, mask)
         encoded_negative = model.encode_text(params, negative, negative_mask)
-        latents, _ = sampler_lib.sample_loop(
-            apply_fn, params, noise, None, encoded, mask, settings, False,
-            (text_scale, 0.0), null_text=(encoded_negative, negative_mask))
-        return latents
+        return sampler_lib.sample_loop(
+            apply_fn, params, noise, noise_motion, encoded, mask, settings, model.jam,
+            (text_scale, motion_scale), null_text=(encoded_negative, negative_mask))
       self._samplers[key] = jax.jit(sample)
     return self._samplers[key]
 
   def sample_latents(self, prompts: Sequence[str], *, num_frames: int, height: int, width: int,
                      settings: sampler_lib.SamplerSettings, seed: int = 0,
                      negative_prompt: str = DEFAULT_NEGATIVE_PROMPT,
-                     noise: np.ndarray | None = None) -> np.ndarray:
-    """Normalised latents [B, T', h, w, z] for `prompts`, from `noise` (default: drawn
-    from `seed`). `settings.guidance` is 'cfg' (against the negative prompt) or 'none'."""
-    settings = settings.validate(jam=False)
+                     noise: np.ndarray | None = None, noise_motion: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalised (video latents, motion latents or None) [B, T', h, w, z] for `prompts`,
+    from `noise` (default: drawn from `seed`). `settings.guidance`: 'cfg' (against the
+    negative prompt), 'none', or for a Wan-VideoJAM folder 'inner' (Inner-Guidance:
+    prompt, negative prompt and null motion in one batched forward)."""
+    settings = settings.validate(jam=self.jam)
     shape = self.latent_shape(num_frames, height, width)
+    full = (len(prompts),) + shape.dims
+    key_x, key_d = jax.random.split(jax.random.key(seed))
+    for name, value in (("noise", noise), ("noise_motion", noise_motion)):
+      if value is not None and tuple(value.shape) != full:
+        raise PipelineError(f"{name} is {value.shape}, the request needs {full}")
     if noise is None:
-      noise = jax.random.normal(jax.random.key(seed), (len(prompts),) + shape.dims, jnp.float32)
-    elif tuple(noise.shape) != (len(prompts),) + shape.dims:
-      raise PipelineError(f"noise is {noise.shape}, the request needs "
-                          f"{(len(prompts),) + shape.dims}")
+      noise = jax.random.normal(key_x, full, jnp.float32)
+    if self.jam and noise_motion is None:
+      noise_motion = jax.random.normal(key_d, full, jnp.float32)
     model = self._model(shape)
     text, mask = self.text_encoder(list(prompts))
     negative, negative_mask = self.text_encoder([negative_prompt] * len(prompts))
     with self.plan.active():
-      latents = self._sampler(model, settings)(
-          self._transformer_params, noise, text, mask, negative, negative_mask,
-          jnp.float32(settings.text_scale))
-    return np.asarray(jax.device_get(latents))
+      latents, motion = self._sampler(model, settings)(
+          self._transformer_params, noise, noise_motion if self.jam else None, text, mask,
+          negative, negative_mask, jnp.float32(settings.text_scale),
+          jnp.float32(settings.motion_scale))
+    motion = None if motion is None else np.asarray(jax.device_get(motion))
+    return np.asarray(jax.device_get(latents)), motion
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
-    """Video [B, T, H, W, 3] in [-1, 1] of normalised latents."""
+    """Video [B, T, H, W, 3] in [-1, 1] of normalised latents (the motion latents of a
+    Wan-VideoJAM model decode through the same VAE into the motion video)."""
     with self.plan.active():
       return np.asarray(jax.device_get(self._decode(self.vae_params, latents)))
 
-  def generate(self, prompts: Sequence[str], **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(video [B, T, H, W, 3] in [-1, 1], latents): `sample_latents`, then `decode`."""
-    latents = self.sample_latents(prompts, **kwargs)
-    return self.decode(latents), latents
+  def generate(self, prompts: Sequence[str], **kwargs: Any
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(video [B, T, H, W, 3] in [-1, 1], motion video or None, video latents):
+    `sample_latents`, then `decode` of both."""
+    latents, motion = self.sample_latents(prompts, **kwargs)
+    return self.decode(latents), None if motion is None else self.decode(motion), latents
 
 
 def guidance_scale_to_text_scale(guidance_scale: float) -> float:
@@ -205,10 +242,11 @@ def guidance_scale_to_text_scale(guidance_scale: float) -> float:
   return float(guidance_scale) - 1.0
 
 
-def settings_from_config(config: Any, scheduler: SchedulerDefaults | None
+def settings_from_config(config: Any, scheduler: SchedulerDefaults | None, jam: bool = False
                          ) -> sampler_lib.SamplerSettings:
   """Sampler settings of a generation config (configs/wan21_generate.py); an empty
-  schedule or a zero shift take the pipeline scheduler's."""
+  schedule or a zero shift take the pipeline scheduler's; sample.guidance 'auto' is
+  Inner-Guidance for a Wan-VideoJAM folder, else CFG (none at guidance_scale 1)."""
   sample = config.sample
   schedule, shift = sample.schedule, float(sample.flow_shift)
   if not schedule or shift <= 0:
@@ -216,12 +254,16 @@ def settings_from_config(config: Any, scheduler: SchedulerDefaults | None
       raise PipelineError("the pipeline has no scheduler/ of a kind we know "
                           f"({sorted(SCHEDULERS)}): set sample.schedule and sample.flow_shift")
     schedule, shift = schedule or scheduler.schedule, shift if shift > 0 else scheduler.shift
-  guidance = "cfg" if sample.guidance_scale != 1.0 else "none"
+  guidance = sample.get("guidance", "auto")
+  if guidance == "auto":
+    guidance = "inner" if jam else ("cfg" if sample.guidance_scale != 1.0 else "none")
   return sampler_lib.SamplerSettings(
       num_steps=int(sample.num_steps), solver=sample.solver, time_shift=shift, schedule=schedule,
       guidance=guidance, text_scale=guidance_scale_to_text_scale(sample.guidance_scale),
-      motion_scale=0.0, inner_guidance_until=sampler_lib.ALWAYS_INNER_GUIDANCE,
-      batched=True).validate(jam=False)
+      motion_scale=float(sample.get("motion_scale", 0.0)),
+      inner_guidance_until=float(sample.get("inner_guidance_until",
+                                            sampler_lib.ALWAYS_INNER_GUIDANCE)),
+      batched=True).validate(jam=jam)
 
 
 def generate_videos(config: Any, out_dir: str | pathlib.Path) -> list[str]:
@@ -243,24 +285,28 @@ def generate_videos(config: Any, out_dir: str | pathlib.Path) -> list[str]:
   pipeline = WanPipeline(config.pipeline_dir, plan, dtype=config.dtype,
                          attention_impl=config.attention_impl,
                          max_sequence_length=config.max_sequence_length)
-  settings = settings_from_config(config, pipeline.scheduler)
+  settings = settings_from_config(config, pipeline.scheduler, pipeline.jam)
   prompts, batch = list(config.prompts), max(1, int(config.batch_size))
   paths, records = [], []
   for start in range(0, len(prompts), batch):
     chunk = prompts[start:start + batch]
     seed = int(config.seed) + start
-    video, _ = pipeline.generate(chunk, num_frames=config.num_frames, height=config.height,
-                                 width=config.width, settings=settings, seed=seed,
-                                 negative_prompt=config.negative_prompt)
+    video, motion, _ = pipeline.generate(chunk, num_frames=config.num_frames,
+                                         height=config.height, width=config.width,
+                                         settings=settings, seed=seed,
+                                         negative_prompt=config.negative_prompt)
+    to_uint8 = lambda a: motion_encoding.to_uint8((a + 1.0) / 2.0)
     for i, (prompt, clip) in enumerate(zip(chunk, video)):
       path = out_dir / f"sample_{start + i:03d}.mp4"
-      video_io.write_video(path, motion_encoding.to_uint8((clip + 1.0) / 2.0), fps=config.fps,
-                           min_side=0)
+      frames = (to_uint8(clip) if motion is None else
+                video_io.side_by_side(to_uint8(clip), to_uint8(motion[i]), config.flow_sigma))
+      video_io.write_video(path, frames, fps=config.fps, min_side=0)
       paths.append(str(path))
       records.append(dict(file=path.name, prompt=prompt, seed=seed, index_in_batch=i))
     logging.info("generated %d / %d prompts", min(start + batch, len(prompts)), len(prompts))
   (out_dir / "samples.json").write_text(json.dumps(dict(
       pipeline_dir=str(config.pipeline_dir), negative_prompt=config.negative_prompt,
       num_frames=config.num_frames, height=config.height, width=config.width,
-      settings=dataclasses.asdict(settings), samples=records), indent=2) + "\n")
+      settings=dataclasses.asdict(settings), wan_videojam=pipeline.jam, samples=records),
+      indent=2) + "\n")
   return paths

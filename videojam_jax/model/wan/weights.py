@@ -262,3 +262,32 @@ def load_base_transformer(directory: str | os.PathLike, abstract_params: dict[st
   by the loader's shape checks."""
   found = read_transformer_config(directory)
   return fmt.load(directory, transformer_table(found), abstract_params, ignore=TRANSFORMER_IGNORED)
+
+
+def jam_from_diffusers(wide_config: transformer_lib.WanTransformerConfig,
+                       wide_params: dict[str, Any], channels: int
+                       ) -> tuple[transformer_lib.WanTransformerConfig, dict[str, Any]]:
+  """The inverse of `jam_as_diffusers`: a 2C-channel WanTransformer3DModel's parameters
+  (host arrays) as a Wan-VideoJAM transformer's (C channels + motion projections)."""
+  import dataclasses
+  import numpy as np
+  if wide_config.in_channels != 2 * channels or wide_config.out_channels != 2 * channels:
+    raise fmt.CheckpointError(
+        f"a Wan-VideoJAM export has {2 * channels} channels in and out ({channels} video + "
+        f"{channels} motion); this one has {wide_config.in_channels} in, "
+        f"{wide_config.out_channels} out")
+  p = int(np.prod(wide_config.patch_size))
+  out = dict(wide_params)
+  embed = np.asarray(wide_params["patch_embedding"]["kernel"])
+  d = embed.shape[-1]
+  embed = embed.reshape(p, 2 * channels, d)
+  out["patch_embedding"] = dict(wide_params["patch_embedding"],
+                                kernel=embed[:, :channels].reshape(-1, d))
+  out["motion_patch_embedding"] = {"kernel": embed[:, channels:].reshape(-1, d)}
+  kernel = np.asarray(wide_params["proj_out"]["kernel"]).reshape(d, p, 2 * channels)
+  bias = np.asarray(wide_params["proj_out"]["bias"]).reshape(p, 2 * channels)
+  out["proj_out"] = dict(kernel=kernel[..., :channels].reshape(d, -1),
+                         bias=bias[:, :channels].reshape(-1))
+  out["motion_proj_out"] = dict(kernel=kernel[..., channels:].reshape(d, -1),
+                                bias=bias[:, channels:].reshape(-1))
+  return dataclasses.replace(wide_config, in_channels=channels, out_channels=channels), out

@@ -110,3 +110,20 @@ def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guid
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((out / "config.json").read_text())
   assert config["in_channels"] == config["out_channels"] == 6      # 3 video + 3 motion
+  # The evaluate sweep and its page: base Wan with CFG beside Wan-VideoJAM with
+  # Inner-Guidance, same prompts and seeds.
+  page = tmp_path / "eval"
+  overrides = {"models.baseline": base, "models.videojam": jam, "weights": "params",
+               "prompts.num_prompts": 2, "seeds": (0,), "batch_size": 2, "sample.num_steps": 2,
+               "sweep.guidance": ("cfg", "inner"), "sweep.motion_scale": (3.0,),
+               "metrics.dis_preset": "ultrafast", "report.min_side": 32,
+               "compilation_cache_dir": "", "heldout.num_clips": 2, "heldout.batch_size": 2,
+               "heldout.times": (0.5,)}
+  result = subprocess.run([sys.executable, "-m", "videojam_jax.evaluate", "--config",
+                           "configs/eval_quickstart.py", f"--workdir={page}",
+                           *[f"--config.{k}={v}" for k, v in overrides.items()]],
+                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "3 setting(s) sampled, 0 reused, 1 skipped" in result.stdout
+  html = (page / "index.html").read_text()
+  assert "<th>baseline / CFG w1=5</th>" in html and "<th>videojam / Inner-Guidance w1=5 w2=3</th>" in html

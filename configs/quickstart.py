@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   # A diffusers Wan 2.1 pipeline folder whose umT5 (tokenizer/, text_encoder/) writes
   # data.text_embeddings: python -m data_pipelines.embed_captions --config ...
   config.data.text_encoder = ""
+  # Latent clips (python -m data_pipelines.build_latents): the pixel clip dataset to
+  # encode, the Wan VAE folder (or pipeline) to encode it with (also checked against
+  # a latent dataset's metadata when training), clips per VAE call.
+  config.data.latents = ml_collections.ConfigDict(dict(source_dir="", vae="", batch_size=8))
   # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train_clips = 1024

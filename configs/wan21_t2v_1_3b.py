@@ -6,8 +6,9 @@ config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers) on the latents of Wan's VAE:
 (1, 2, 2) give 21 x 30 x 52 = 32,760 tokens per clip. Text: umT5-XXL embeddings
 (4096 wide, 512 tokens) computed offline.
 
-Training on latent shards needs the latent data command (not built yet), so this
-config is for ahead-of-time compiles for now:
+Data: latent clips (python -m data_pipelines.build_latents, Wan's VAE on pixel clips
+of 81 x 480 x 832) and umT5 caption embeddings (python -m data_pipelines.embed_captions).
+Ahead-of-time compile for a TPU slice:
   python -m videojam_jax.aot --config configs/wan21_t2v_1_3b.py --topology v5p:2x2x2
 """
 
@@ -27,7 +28,7 @@ def get_config(size: str = SIZE) -> ml_collections.ConfigDict:
   config.data.height = 60
   config.data.width = 104
   config.data.channels = 16
-  config.data.dataset_dir = "gs://YOUR_BUCKET/wan/latents"   # latent shards: not built yet
+  config.data.dataset_dir = "gs://YOUR_BUCKET/wan/latents"   # data_pipelines.build_latents
   config.data.worker_count = 4
 
   config.model.family = "wan"
@@ -52,5 +53,6 @@ def get_config(size: str = SIZE) -> ml_collections.ConfigDict:
   config.sample.guidance = "cfg"
   config.sample.time_shift = 3.0          # Wan's flow shift at 480p
   config.evals.heldout.every_steps = 1000
-  config.evals.samples.every_steps = 5000
+  # Latent samples are not decoded in the trainer: sample with `generate` after `export`.
+  config.evals.samples.every_steps = 0
   return config

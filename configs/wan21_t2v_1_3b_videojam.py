@@ -8,8 +8,7 @@ projections on (model.jam), started from the diffusers weights and retrofitted
   python -m videojam_jax.train --config configs/wan21_t2v_1_3b_videojam.py --workdir W \
       --config.train.init_from=/path/to/Wan2.1-T2V-1.3B-Diffusers
 
-Training needs latent shards (the latent data command is not built yet); until then
-this config compiles ahead of time:
+Data as in configs/wan21_t2v_1_3b.py (build_latents, embed_captions). Ahead of time:
   python -m videojam_jax.aot --config configs/wan21_t2v_1_3b_videojam.py --topology v5p:2x2x2
 """
 

@@ -9,7 +9,6 @@ must give the same final latents and frames.
 
 import dataclasses
 import json
-import pathlib
 import shutil
 import subprocess
 import sys

@@ -34,7 +34,6 @@ def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
     ("mesh.tensor", 3, r"model.width \* model.mlp_ratio=128 is not divisible by mesh.tensor=3"),
     ("model.dtype", "int8", r"model.dtype='int8'; choose float32, bfloat16 or float16"),
     ("model.text.source", "t5", r"model.text.source='t5'; choose 'builtin' or 'precomputed'"),
-    ("data.channels", 16, r"data.channels=16: the input pipeline reads RGB clips"),
     ("train.batch_size", 0, r"train.batch_size and train.num_steps must be positive"),
     ("train.num_steps", 0, r"train.batch_size and train.num_steps must be positive"),
     ("optim.grad_accum_steps", 3, r"train.batch_size=4 is not divisible by optim.grad_accum_steps=3"),
@@ -121,3 +120,13 @@ def test_batch_not_divisible_over_the_mesh(batch_over_mesh_command):
   assert sharding.MeshConfigError.__name__ in output, output[-3000:]
   assert ("train.batch_size=3 cannot be split over the 2 batch shards of mesh "
           "{'data': 2, 'fsdp': 1, 'tensor': 1}; use a multiple of 2") in output, output[-3000:]
+
+
+def test_latent_clips_with_the_samples_evaluator_on_are_refused(make_tiny_config):
+  config = make_tiny_config()
+  config.data.channels = 16
+  config_checks.check_config(config)           # samples evaluator off (tiny): fine
+  config.evals.samples.every_steps = 10
+  with pytest.raises(config_checks.ConfigError,
+                     match=r"data.channels=16 \(latent clips\): the samples evaluator writes"):
+    config_checks.check_config(config)

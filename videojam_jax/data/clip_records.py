@@ -62,7 +62,8 @@ def clip_metadata(*, num_frames: int, height: int, width: int, fps: float,
 
 
 def check_dataset(metadata: Mapping[str, Any], *, num_frames: int, height: int,
-                  width: int, flow_sigma: float, where: str = "") -> None:
+                  width: int, flow_sigma: float, where: str = "", channels: int = 3,
+                  vae_sha256: str | None = None) -> None:
   """Raises DatasetMismatchError unless `metadata` describes the clips we expect."""
   missing = [k for k in REQUIRED_METADATA if k not in metadata]
   if missing:
@@ -80,6 +81,19 @@ def check_dataset(metadata: Mapping[str, Any], *, num_frames: int, height: int,
     raise DatasetMismatchError(
         f"{where}: dataset clips are {got} but the config asks for {want}; "
         "rebuild the dataset at this size or change config.data.")
+  # Latent datasets (data_pipelines/latent_clips.py) record their channels and VAE.
+  found_channels = int(metadata.get("channels", 3))
+  if found_channels != channels:
+    raise DatasetMismatchError(
+        f"{where}: the clips have {found_channels} channels"
+        f"{' (VAE latents)' if found_channels != 3 else ' (RGB pixels)'} but the config has "
+        f"data.channels={channels}.")
+  if vae_sha256 is not None and metadata.get("vae_sha256") != vae_sha256:
+    raise DatasetMismatchError(
+        f"{where}: the latents were made by another VAE (sha256 "
+        f"{str(metadata.get('vae_sha256'))[:12]}...) than data.latents.vae "
+        f"({vae_sha256[:12]}...); rebuild them with that VAE or point data.latents.vae "
+        "at the one they were made with.")
   if abs(float(metadata["flow_sigma"]) - flow_sigma) > 1e-9:
     raise DatasetMismatchError(
         f"{where}: motion was encoded with sigma={metadata['flow_sigma']} but "

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding
 from videojam_jax.data import clip_records
 from videojam_jax.data import frames
 from videojam_jax.data import text as text_lib
+from videojam_jax.model.wan import weights as wan_weights
 
 MAX_SEARCH_DEPTH = 4   # how far below data.dataset_dir to look for dataset_info.json
 DATASET_INFO = "dataset_info.json"
@@ -82,9 +83,14 @@ def open_clip_source(config: ml_collections.ConfigDict, split: str) -> tuple[Any
   """A random-access source of the split's records, checked against the config."""
   version_dir, builder = _open_builder(config.data.dataset_dir)
   metadata = dict(builder.info.metadata or {})
+  latents = config.data.get("latents")
+  vae = latents.get("vae", "") if latents is not None else ""
+  # Only a latent dataset is checked against a VAE (hashing reads its weights once).
+  vae_hash = wan_weights.vae_sha256(vae) if vae and "vae_sha256" in metadata else None
   clip_records.check_dataset(
       metadata, num_frames=config.data.num_frames, height=config.data.height,
-      width=config.data.width, flow_sigma=config.data.flow_sigma, where=version_dir)
+      width=config.data.width, flow_sigma=config.data.flow_sigma, where=version_dir,
+      channels=int(config.data.get("channels", 3)), vae_sha256=vae_hash)
   _check_split(builder, version_dir, split)
   return CheckedSource(builder.as_data_source(split), f"{version_dir}[{split}]"), metadata
 
@@ -147,14 +153,20 @@ class ToTrainingExample(grain.transforms.Map):
   def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
     text, mask = self._captions([_text(record[CAPTION])])
     example = {
-        "video": frames.to_model_space(record["video"]),
-        "motion": frames.to_model_space(record["motion"]),
+        "video": _model_space(record["video"]),
+        "motion": _model_space(record["motion"]),
         "text": text[0],
         "text_mask": mask[0],
     }
     if CLIP_INDEX in record:
       example[CLIP_INDEX] = np.int32(record[CLIP_INDEX])
     return example
+
+
+def _model_space(clip: np.ndarray) -> np.ndarray:
+  """uint8 pixels to [-1, 1]; latent clips (float32, already normalised) as they are."""
+  clip = np.asarray(clip)
+  return clip.astype(np.float32) if clip.dtype.kind == "f" else frames.to_model_space(clip)
 
 
 class _WithIndex(grain.transforms.MapWithIndex):

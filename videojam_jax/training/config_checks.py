@@ -39,10 +39,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     problems.append(f"model.dtype={m.dtype!r}; choose float32, bfloat16 or float16")
   if m.text.source not in ("builtin", "precomputed"):
     problems.append(f"model.text.source={m.text.source!r}; choose 'builtin' or 'precomputed'")
-  if int(d.get("channels", 3)) != 3:
-    problems.append(f"data.channels={d.channels}: the input pipeline reads RGB clips (3 channels); "
-                    "latent inputs need a video autoencoder, which this repo does not have yet "
-                    "(latent-space configs are for ahead-of-time compiles: videojam_jax.aot)")
+  if int(d.get("channels", 3)) != 3 and config.evals.samples.every_steps:
+    problems.append(f"data.channels={d.channels} (latent clips): the samples evaluator writes "
+                    "pixel videos and decoding latent samples with the VAE in the trainer is "
+                    "not built; set evals.samples.every_steps=0 (sample with "
+                    "`python -m videojam_jax.generate` after export)")
   if d.num_frames < 2:
     problems.append("data.num_frames must be >= 2 (motion needs two frames)")
   if t.batch_size < 1 or t.num_steps < 1:

@@ -291,3 +291,34 @@ def jam_from_diffusers(wide_config: transformer_lib.WanTransformerConfig,
   out["motion_proj_out"] = dict(kernel=kernel[..., channels:].reshape(d, -1),
                                 bias=bias[:, channels:].reshape(-1))
   return dataclasses.replace(wide_config, in_channels=channels, out_channels=channels), out
+
+
+HASH_CHUNK_BYTES = 1 << 24
+
+
+def vae_directory(path: str | os.PathLike) -> str:
+  """The AutoencoderKLWan folder `path` names: itself, or a pipeline's vae/."""
+  import pathlib
+  path = pathlib.Path(path)
+  return str(path / "vae" if (path / "vae" / fmt.CONFIG_NAME).exists() else path)
+
+
+def vae_sha256(path: str | os.PathLike) -> str:
+  """A hash of a VAE folder's config.json and weight files (names and bytes): the
+  identity of the autoencoder a latent dataset was made with."""
+  import hashlib
+  import pathlib
+  directory = pathlib.Path(vae_directory(path))
+  if not directory.is_dir():
+    raise fmt.CheckpointError(f"{directory} is not a directory")
+  files = sorted(p for p in directory.iterdir()
+                 if p.suffix == ".safetensors" or p.name == fmt.CONFIG_NAME)
+  if not any(p.suffix == ".safetensors" for p in files):
+    raise fmt.CheckpointError(f"{directory} holds no VAE weights (.safetensors)")
+  digest = hashlib.sha256()
+  for file in files:
+    digest.update(file.name.encode())
+    with open(file, "rb") as f:
+      while chunk := f.read(HASH_CHUNK_BYTES):
+        digest.update(chunk)
+  return digest.hexdigest()

@@ -1,0 +1,151 @@
+"""data_pipelines/latent_clips.py: clip shards -> Wan VAE latent shards, and training on them.
+
+The VAE is the diffusers fixture (tests/fixtures/wan/vae: z_dim 4, 4x time and 8x
+space compression), so 5-frame 16 x 16 clips become 2 x 2 x 2 x 4 latents.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import wan_tiny
+from data_pipelines import build_synthetic
+from data_pipelines import latent_clips
+from tests.conftest import REPO
+from tests.test_train_e2e import env
+from videojam_jax.data import clip_records
+from videojam_jax.data import pipeline
+from videojam_jax.model.wan import weights
+
+VAE = REPO / "tests" / "fixtures" / "wan" / "vae"
+LATENT = dict(num_frames=2, height=2, width=2, channels=4)
+
+
+def config_for(root):
+  config = wan_tiny.get_config()
+  config.compilation_cache_dir = ""
+  config.data.num_frames, config.data.height, config.data.width = 5, 16, 16
+  config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = 6, 2
+  config.data.dataset_dir = str(root / "pixels")
+  build_synthetic.build(config)
+  config.data.latents.source_dir = str(root / "pixels")
+  config.data.latents.vae = str(VAE)
+  config.data.latents.batch_size = 4
+  config.data.dataset_dir = str(root / "latents")
+  return config
+
+
+@pytest.fixture(scope="module")
+def latent_data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("latent_clips")
+  config = config_for(root)
+  return config, latent_clips.build(config)
+
+
+def test_records_are_the_normalised_vae_means_of_video_and_motion(latent_data):
+  config, version_dir = latent_data
+  built = tfds.builder_from_directory(version_dir)
+  metadata = dict(built.info.metadata)
+  assert metadata["source"] == "wan_latent_clips" and metadata["channels"] == 4
+  assert (metadata["num_frames"], metadata["height"], metadata["width"]) == (2, 2, 2)
+  assert metadata["vae_sha256"] == weights.vae_sha256(str(VAE))
+  assert metadata["latents_mean"] == [-0.5, 0.25, 1.0, -1.5]
+  assert (metadata["pixel_num_frames"], metadata["pixel_height"]) == (5, 16)
+  source = tfds.builder_from_directory(
+      pipeline.find_dataset_version_dir(config.data.latents.source_dir))
+  plan_config = ml_collections.ConfigDict(dict(data=-1))
+  from videojam_jax.parallel import sharding
+  encoder = latent_clips.LatentEncoder(str(VAE), sharding.ShardingPlan.from_config(plan_config))
+  for split, count in (("train", 6), ("validation", 2)):
+    latents, pixels = built.as_data_source(split), source.as_data_source(split)
+    assert len(latents) == count
+    for i in (0, count - 1):
+      want = encoder(np.stack([pixels[i]["video"], pixels[i]["motion"]]))
+      np.testing.assert_allclose(latents[i]["video"], want[0], rtol=0, atol=1e-5)
+      np.testing.assert_allclose(latents[i]["motion"], want[1], rtol=0, atol=1e-5)
+      assert latents[i]["caption"] == pixels[i]["caption"]
+
+
+def test_the_trainer_checks_shape_and_vae(latent_data, tmp_path):
+  config, _ = latent_data
+  config = config.copy_and_resolve_references()
+  config.data.update(LATENT)
+  source, _ = pipeline.open_clip_source(config, "train")       # matches: opens
+  assert source[0]["video"].dtype == np.float32
+  wrong = config.copy_and_resolve_references()
+  wrong.data.channels = 16
+  with pytest.raises(clip_records.DatasetMismatchError, match="4 channels.*data.channels=16"):
+    pipeline.open_clip_source(wrong, "train")
+  other = tmp_path / "other_vae"
+  shutil.copytree(VAE, other)
+  (other / "config.json").write_text((other / "config.json").read_text().replace("\n", "\n "))
+  wrong = config.copy_and_resolve_references()
+  wrong.data.latents.vae = str(other)
+  with pytest.raises(clip_records.DatasetMismatchError, match="made by another VAE"):
+    pipeline.open_clip_source(wrong, "train")
+
+
+def test_source_clips_the_vae_cannot_encode_are_refused(tmp_path):
+  config = config_for(tmp_path)
+  config.data.latents.source_dir = str(tmp_path / "four_frames")
+  four = config.copy_and_resolve_references()
+  four.data.num_frames, four.data.dataset_dir = 4, str(tmp_path / "four_frames")
+  build_synthetic.build(four)
+  with pytest.raises(clip_records.DatasetMismatchError, match="1 \\+ 4k frames"):
+    latent_clips.build(config)
+
+
+def test_wan_trains_and_resumes_on_latent_clips(latent_data, tmp_path):
+  config, _ = latent_data
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "videojam_jax.train", "--config", "configs/wan_tiny.py",
+             f"--workdir={workdir}", f"--config.data.dataset_dir={config.data.dataset_dir}",
+             f"--config.data.latents.vae={VAE}", "--config.compilation_cache_dir=",
+             *[f"--config.data.{k}={v}" for k, v in LATENT.items()],
+             "--config.model.wan.in_channels=4", "--config.model.wan.out_channels=4",
+             "--config.model.jam=True", "--config.evals.samples.every_steps=0",
+             "--config.evals.heldout.every_steps=2", "--config.train.checkpoint_every=2"]
+  result = subprocess.run(command + ["--config.train.num_steps=2"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert re.search(r"\[2\] train/.*train/motion_loss=", result.stderr)
+  assert re.search(r"\[2\] heldout/motion_loss=", result.stderr)
+  result = subprocess.run(command + ["--config.train.num_steps=3"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert [int(s) for s in re.findall(r"\[(\d+)\] train/.*train/loss=", result.stderr)] == [3]
+
+
+def test_real_videos_become_latent_clips(tmp_path):
+  from data_pipelines import build_from_videos
+  from tests.data_pipelines.test_video_files import BIKES, CARPHONE
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  shutil.copy(BIKES, videos / "bikes.mp4")
+  shutil.copy(CARPHONE, videos / "carphone.mp4")
+  (videos / "captions.jsonl").write_text(
+      '{"video": "bikes.mp4", "caption": "people riding bikes"}\n'
+      '{"video": "carphone.mp4", "caption": "a man talking in a car"}\n')
+  report = build_from_videos.build(
+      str(videos), str(videos / "captions.jsonl"), str(tmp_path / "pixels"), num_frames=5,
+      height=16, width=16, fps=8.0, stride=8, sigma=0.15, workers=1, progress=False)
+  assert report.skipped == []
+  config = wan_tiny.get_config()
+  config.data.latents.source_dir = report.dataset_dir
+  config.data.latents.vae = str(VAE)
+  config.data.dataset_dir = str(tmp_path / "latents")
+  built = tfds.builder_from_directory(latent_clips.build(config))
+  source = dict(tfds.builder_from_directory(report.dataset_dir).info.metadata)
+  metadata = dict(built.info.metadata)
+  assert (metadata["flow_estimator"], metadata["fps"]) == (source["flow_estimator"], source["fps"])
+  for split in built.info.splits:
+    records = built.as_data_source(split)
+    assert len(records) == report.clips[split]
+    assert all(np.isfinite(records[i]["video"]).all() and records[i]["video"].shape == (2, 2, 2, 4)
+               for i in range(len(records)))

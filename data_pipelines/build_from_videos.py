@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from typing import Any, Sequence
@@ -43,9 +42,9 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 from etils import epath
-import tensorflow_datasets as tfds
 
 from data_pipelines import captions as captions_lib
+from data_pipelines import tfds_prepare
 from data_pipelines import clip_cache
 from data_pipelines import flow_workers
 from data_pipelines import splits as splits_lib
@@ -228,12 +227,7 @@ def _write_dataset(plan: video_clips_builder.WritePlan,
   version_dir.rmtree(missing_ok=True)
   builder = video_clips_builder.VideoClips(plan=plan, config=config, data_dir=output_dir,
                                            file_format=video_clips_builder.FILE_FORMAT)
-  # A throwaway download_dir keeps TFDS from leaving `downloads/` in output_dir.
-  with tempfile.TemporaryDirectory() as download_dir:
-    builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  tfds_prepare.prepare(builder)
 
 
 def define_flags() -> None:

@@ -15,16 +15,15 @@ Rerunning with the dataset already there does nothing (and says so).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 import ml_collections
-import tensorflow_datasets as tfds
 
 from data_pipelines import synthetic_dataset
+from data_pipelines import tfds_prepare
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (e.g. configs/quickstart.py).")
@@ -52,13 +51,7 @@ def build(config: ml_collections.ConfigDict) -> str:
     print(f"Already built, nothing to do: {path}")
     return path
   start = time.time()
-  # Nothing is downloaded; a throwaway download_dir keeps TFDS from leaving an
-  # empty `downloads/` folder inside the dataset directory.
-  with tempfile.TemporaryDirectory() as download_dir:
-    builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  tfds_prepare.prepare(builder)
   splits = builder.info.splits
   counts = ", ".join(f"{name}: {splits[name].num_examples}" for name in splits)
   print(f"Wrote {path} ({counts} clips of {config.data.num_frames}x"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
+from data_pipelines import tfds_prepare
 from videojam_jax.data import clip_records
 from videojam_jax.data import frames
 from videojam_jax.data import pipeline
@@ -43,13 +43,12 @@ from videojam_jax.parallel import sharding
 
 SOURCE = "wan_latent_clips"
 FILE_FORMAT = "array_record"
-vae_dir = weights.vae_directory
-vae_sha256 = weights.vae_sha256
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class LatentClipsConfig(tfds.core.BuilderConfig):
   source_dir: str
   vae_dir: str
+  vae_sha256: str
   batch_size: int
 
 
@@ -69,7 +68,7 @@ class LatentEncoder:
   """Pixel clips uint8 [B, T, H, W, 3] -> normalised latent means [B, T', h, w, z], jitted."""
 
   def __init__(self, directory: str, plan: sharding.ShardingPlan):
-    directory = pathlib.Path(vae_dir(directory))
+    directory = pathlib.Path(weights.vae_directory(directory))
     self.config = weights.read_vae_config(directory)
     graphdef, abstract = functional.abstract_split(
         lambda: vae_lib.WanVAE(self.config, rngs=nnx.Rngs(0)), plan)
@@ -123,7 +122,6 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
     m = self._source_metadata
     self._latent_shape = encoder.latent_shape(int(m["num_frames"]), int(m["height"]),
                                               int(m["width"]))
-    self._vae_sha256 = vae_sha256(config.vae_dir)
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -135,7 +133,7 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
         metadata=clip_records.clip_metadata(
             num_frames=t, height=h, width=w, fps=float(m["fps"]),
             flow_estimator=str(m["flow_estimator"]), flow_sigma=float(m["flow_sigma"]),
-            source=SOURCE, channels=z, vae_sha256=self._vae_sha256,
+            source=SOURCE, channels=z, vae_sha256=self.builder_config.vae_sha256,
             latents_mean=list(vae.latents_mean), latents_std=list(vae.latents_std),
             pixel_num_frames=int(m["num_frames"]), pixel_height=int(m["height"]),
             pixel_width=int(m["width"]), source_dataset=self._source_version_dir,
@@ -178,11 +176,11 @@ def build(config: ml_collections.ConfigDict) -> str:
   plan = sharding.ShardingPlan.from_config(config.mesh)
   encoder = LatentEncoder(latents.vae, plan)
   source_version_dir = pipeline.find_dataset_version_dir(latents.source_dir)
-  name = (f"{pathlib.Path(source_version_dir).parent.name}-vae"
-          f"{vae_sha256(latents.vae)[:12]}")
+  vae_hash = weights.vae_sha256(latents.vae)       # hashed once: it reads every weight file
+  name = f"{pathlib.Path(source_version_dir).parent.name}-vae{vae_hash[:12]}"
   builder_config = LatentClipsConfig(name=name, version=WanLatentClips.VERSION,
                                      source_dir=str(latents.source_dir),
-                                     vae_dir=str(latents.vae),
+                                     vae_dir=str(latents.vae), vae_sha256=vae_hash,
                                      batch_size=int(latents.batch_size))
   builder = WanLatentClips(encoder=encoder, config=builder_config,
                            data_dir=str(config.data.dataset_dir), file_format=FILE_FORMAT)
@@ -190,11 +188,7 @@ def build(config: ml_collections.ConfigDict) -> str:
   if builder.is_prepared():
     print(f"Already built, nothing to do: {path}")
     return path
-  with tempfile.TemporaryDirectory() as download_dir:
-    builder.download_and_prepare(
-        download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  tfds_prepare.prepare(builder)
   splits = builder.info.splits
   print(f"Wrote {path}: " + ", ".join(f"{s}: {splits[s].num_examples}" for s in splits)
         + f" clips of latents {builder._latent_shape}")  # pylint: disable=protected-access

@@ -3,25 +3,19 @@ train with the quickstart trainer, unchanged (only the config's dataset dir and
 clip size differ)."""
 
 import os
-import shutil
 
 import numpy as np
 
 from configs import tiny
 from data_pipelines import build_from_videos
-from tests.data_pipelines.test_video_files import BIKES, CARPHONE
+from tests.data_pipelines.test_video_files import captioned_videos
 from videojam_jax.training import checkpoints
 from videojam_jax.training import loop as trainer
 
 
 def test_quickstart_trainer_trains_on_shards_built_from_real_videos(tmp_path):
   videos = tmp_path / "videos"
-  videos.mkdir()
-  shutil.copy(BIKES, videos / "bikes.mp4")
-  shutil.copy(CARPHONE, videos / "carphone.mp4")
-  (videos / "captions.jsonl").write_text(
-      '{"video": "bikes.mp4", "caption": "people riding bikes"}\n'
-      '{"video": "carphone.mp4", "caption": "a man talking in a car"}\n')
+  captioned_videos(videos)
   config = tiny.get_config()
   report = build_from_videos.build(
       str(videos), str(videos / "captions.jsonl"), str(tmp_path / "data"),

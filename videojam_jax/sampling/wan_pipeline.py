@@ -35,9 +35,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
+from videojam_jax.data import motion_encoding
+from videojam_jax.data import video_io
 from videojam_jax.model import diffusers_format as fmt
 from videojam_jax.model import dit
 from videojam_jax.model import functional
@@ -269,12 +273,6 @@ def settings_from_config(config: Any, scheduler: SchedulerDefaults | None, jam: 
 def generate_videos(config: Any, out_dir: str | pathlib.Path) -> list[str]:
   """Samples every prompt of a generation config and writes sample_XXX.mp4 per prompt
   plus samples.json into out_dir; returns the MP4 paths. Batches are logged as they go."""
-  import ml_collections
-  from absl import logging
-
-  from videojam_jax.data import motion_encoding
-  from videojam_jax.data import video_io
-
   if not config.pipeline_dir:
     raise PipelineError("set config.pipeline_dir to a diffusers Wan 2.1 pipeline folder")
   if not config.prompts:

@@ -64,6 +64,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attention_impl = "xla"   # jax.nn.dot_product_attention implementation
   # W_in_m, the motion input rows: "zeros" (the paper's retrofit init) | "xavier".
   config.model.motion_input_init = "zeros"
+  # LoRA fine-tuning (model.family="wan" only): rank > 0 freezes the base weights and
+  # trains low-rank adapters on every attention and FFN projection, plus VideoJAM's
+  # motion input rows and motion head in full. Output scale alpha / rank; the frozen
+  # base is stored in frozen_dtype during training (bfloat16 halves it).
+  config.model.lora = ml_collections.ConfigDict()
+  config.model.lora.rank = 0            # 0: full fine-tuning
+  config.model.lora.alpha = 16.0
+  config.model.lora.frozen_dtype = "float32"
   # Text conditioning: the built-in byte-level encoder, or precomputed embeddings.
   config.model.text = ml_collections.ConfigDict()
   config.model.text.source = "builtin"  # builtin | precomputed

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,12 +21,29 @@ from data_pipelines import build_synthetic
 from data_pipelines import caption_embeddings
 from tests.conftest import REPO
 from tests.test_train_e2e import env
+from videojam_jax.model import dit
 from videojam_jax.model import diffusers_format as fmt
+from videojam_jax.model import functional
+from videojam_jax.model import lora as lora_lib
+from videojam_jax.parallel import sharding
 from videojam_jax.training import checkpoints
+from videojam_jax.training import runs
 
 NUM_STEPS = 4
 PIPELINE = REPO / "tests" / "fixtures" / "wan" / "pipeline"
 TEXT = dict(source="precomputed", max_length=16, embedding_dim=32)   # the fixture umT5
+VIDEO_SHAPE = dit.VideoShape.from_data_config(wan_tiny.get_config().data)
+
+
+def one_device_plan():
+  return sharding.ShardingPlan.from_config(ml_collections.ConfigDict(dict(data=-1)))
+
+
+def wan_config(**model):
+  config = wan_tiny.get_config()
+  config.model.text.update(TEXT)
+  config.model.update(model)
+  return config
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +107,17 @@ def test_wan_trains_evaluates_samples_and_resumes(dataset, tmp_path):
   reader.close()
 
 
-def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guidance_and_exports(
-    dataset, tmp_path):
-  base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def base_run(dataset, tmp_path_factory):
+  """A base Wan trained 2 steps: what a user's downloaded Wan stands for here."""
+  base = tmp_path_factory.mktemp("base")
   run(dataset, base, "--config.train.num_steps=2")
+  return base
+
+
+def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guidance_and_exports(
+    dataset, base_run, tmp_path):
+  base = base_run
   jam = tmp_path / "jam"
   log = run(dataset, jam, "--config.train.num_steps=2", f"--config.train.init_from={base}",
             "--config.train.init_from_weights=params", "--config.model.jam=True",
@@ -127,3 +153,42 @@ def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guid
   assert "3 setting(s) sampled, 0 reused, 1 skipped" in result.stdout
   html = (page / "index.html").read_text()
   assert "<th>baseline / CFG w1=5</th>" in html and "<th>videojam / Inner-Guidance w1=5 w2=3</th>" in html
+
+
+def test_lora_wan_videojam_trains_from_a_base_resumes_and_exports_with_adapters_folded(
+    dataset, base_run, tmp_path):
+  lora = tmp_path / "lora"
+  overrides = ["--config.model.jam=True", "--config.model.lora.rank=4",
+               "--config.model.lora.alpha=8", "--config.model.lora.frozen_dtype=bfloat16",
+               f"--config.train.init_from={base_run}", "--config.train.init_from_weights=params",
+               "--config.sample.guidance=inner", "--config.optim.learning_rate=1e-2",
+               "--config.evals.samples.every_steps=2", "--config.evals.heldout.every_steps=2"]
+  log = run(dataset, lora, "--config.train.num_steps=2", *overrides)
+  assert re.search(r"model: [0-9,]+ parameters, [0-9,]+ of them trained \(LoRA", log)
+  assert re.search(r"\[2\] samples/.*warping_error=", log)       # evaluators see the whole model
+  log = run(dataset, lora, "--config.train.num_steps=4", *overrides)
+  assert [int(s) for s in re.findall(r"\[(\d+)\] train/.*train/loss=", log)] == [3, 4]
+  # The checkpoint: the frozen base (bfloat16) as the base run left it; adapters trained.
+  base = checkpoints.load_weights(str(base_run), "params")["transformer"]
+  saved = checkpoints.load_weights(str(lora), "params")["transformer"]
+  kernel = saved["blocks"]["attn1"]["to_q"]["kernel"]
+  assert kernel.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(kernel, base["blocks"]["attn1"]["to_q"]["kernel"].astype(jnp.bfloat16))
+  adapter = saved["blocks"]["attn1"]["to_q_lora"]
+  assert np.abs(adapter["lora_b"]).max() > 0
+  # A LoRA run cannot go into a model without adapters silently.
+  with pytest.raises(lora_lib.LoraConfigError, match="export the run"):
+    runs.load_params(functional.build(wan_config(jam=True).model, VIDEO_SHAPE, one_device_plan()), str(lora))
+  # Export folds the adapters: W + (alpha / rank) A B, as a plain 6-channel transformer.
+  out = tmp_path / "exported"
+  result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={lora}",
+                           f"--out={out}", "--weights=params"], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((out / "config.json").read_text())["in_channels"] == 6
+  reader = fmt.TensorReader(out)
+  a, b = adapter["lora_a"][1].astype(np.float32), adapter["lora_b"][1].astype(np.float32)
+  folded = kernel[1].astype(np.float32) + 2.0 * np.einsum("ir,rhd->ihd", a, b)
+  np.testing.assert_allclose(reader.get("blocks.1.attn1.to_q.weight"),
+                             folded.reshape(folded.shape[0], -1).T, rtol=1e-2, atol=1e-3)
+  reader.close()

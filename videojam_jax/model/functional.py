@@ -19,6 +19,7 @@ import ml_collections
 from flax import nnx
 
 from videojam_jax.model import dit
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.model.wan import video_model as wan_video_model
 from videojam_jax.parallel import sharding
 
@@ -36,7 +37,7 @@ class FunctionalModel:
 
   abstract_params: jax.ShapeDtypeStruct leaves, each with the NamedSharding its
   logical axis names map to on `plan`: a restore or an init can place arrays
-  straight there.
+  straight there. `lora`: LoRA fine-tuning (model/lora.py), or None.
   """
   graphdef: nnx.GraphDef
   abstract_params: Params
@@ -44,6 +45,7 @@ class FunctionalModel:
   jam: bool
   plan: sharding.ShardingPlan
   _create: Callable[[nnx.Rngs], dit.VideoDiT] = dataclasses.field(repr=False)
+  lora: lora_lib.LoraConfig | None = None
 
   @property
   def shardings(self) -> Params:
@@ -66,16 +68,24 @@ class FunctionalModel:
     """Freshly initialised parameters, created directly in their shardings."""
     return init_params(self._create, self.abstract_params, self.plan, key)
 
+  def init_adapters(self, key: jax.Array) -> Params:
+    """Only the LoRA adapters of a fresh `init(key)` (the rest is never computed)."""
+    return init_params(self._create, self.abstract_params, self.plan, key,
+                       select=lora_lib.adapters_only)
+
 
 def init_params(create: Callable[[nnx.Rngs], nnx.Module], abstract_params: Params,
-                plan: sharding.ShardingPlan, key: jax.Array) -> Params:
-  """The parameters of `create(rngs)`, initialised in one jitted program with
-  out_shardings: each lands straight in its sharding, no host holds the whole model,
-  and a many-layered model is not initialised op by op."""
+                plan: sharding.ShardingPlan, key: jax.Array,
+                select: Callable[[Params], Params] = lambda p: p) -> Params:
+  """The parameters of `create(rngs)` (or the part `select` keeps), initialised in one
+  jitted program with out_shardings: each lands straight in its sharding, no host holds
+  the whole model, and a many-layered model is not initialised op by op. What `select`
+  drops is dead code: XLA never computes it."""
   def init(key: jax.Array) -> Params:
-    return nnx.to_pure_dict(nnx.state(create(nnx.Rngs(params=key))))
+    return select(nnx.to_pure_dict(nnx.state(create(nnx.Rngs(params=key)))))
   with plan.active():
-    return jax.jit(init, out_shardings=jax.tree.map(lambda a: a.sharding, abstract_params))(key)
+    return jax.jit(init, out_shardings=jax.tree.map(lambda a: a.sharding,
+                                                    select(abstract_params)))(key)
 
 
 def abstract_split(create: Callable[[], nnx.Module],
@@ -99,9 +109,14 @@ def build(model_config: ml_collections.ConfigDict, video_shape: dit.VideoShape,
   family = model_config.get("family", "dit")
   if family not in MODEL_FAMILIES:
     raise ValueError(f"model.family must be one of {sorted(MODEL_FAMILIES)}, got {family!r}")
+  lora = lora_lib.LoraConfig.from_model_config(model_config)
+  if lora is not None and family != "wan":
+    raise lora_lib.LoraConfigError(
+        f"model.lora.rank={lora.rank}: LoRA fine-tuning is built for model.family='wan' "
+        f"only, not {family!r} (set model.lora.rank=0 to train every weight)")
 
   def create(rngs: nnx.Rngs) -> nnx.Module:
     return MODEL_FAMILIES[family](model_config, video_shape, rngs=rngs)
   graphdef, abstract_params = abstract_split(lambda: create(nnx.Rngs(params=0)), plan)
   return FunctionalModel(graphdef, abstract_params, video_shape, bool(model_config.jam), plan,
-                         create)
+                         create, lora)

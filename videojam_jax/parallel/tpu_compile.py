@@ -215,7 +215,8 @@ def build_report(config: ml_collections.ConfigDict, topology: Topology,
     return report
   report["compile_seconds"] = round(time.time() - start, 1)
   assert report["mesh"] == {k: int(v) for k, v in mesh.shape.items()}
-  report["params"] = state_lib.count_params(abstract_state.params)
+  report["params"] = state_lib.count_params(state_lib.model_params(abstract_state))
+  report["trained_params"] = state_lib.count_params(abstract_state.params)   # < params: LoRA
   report["memory_per_chip_bytes"] = memory_usage(compiled)
   report["fits"] = report["memory_per_chip_bytes"]["total"] <= report["hbm_per_chip_bytes"]
   report["xla_flops_per_chip"] = xla_flops(compiled)
@@ -245,8 +246,10 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
   mem, model = report["memory_per_chip_bytes"], report["model"]
   lines += [
-      f"mesh {report['mesh']}, {report['params']:,} parameters, compiled in "
-      f"{report['compile_seconds']}s",
+      f"mesh {report['mesh']}, {report['params']:,} parameters"
+      + (f" ({report['trained_params']:,} trained, the rest frozen: LoRA)"
+         if report.get("trained_params", report["params"]) < report["params"] else "")
+      + f", compiled in {report['compile_seconds']}s",
       "memory per chip:",
       f"  arguments    {_gib(mem['arguments'])}",
       f"  outputs      {_gib(mem['outputs'])}  (aliased with arguments: {_gib(mem['aliased']).strip()})",

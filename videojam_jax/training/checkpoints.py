@@ -34,7 +34,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
+
+from videojam_jax.model import lora as lora_lib
 
 STATE = "state"
 DATA_ITERATOR = "data_iterator"
@@ -45,6 +48,8 @@ UNFINISHED_MARK = ".orbax-checkpoint-tmp"
 CORRUPT_DIR = "checkpoints_corrupt"
 # `which` (config.train.init_from_weights, evaluation weights) -> the state field.
 WEIGHTS_FIELDS = {"ema": "ema_params", "params": "params"}
+# A LoRA run's frozen base (state.LoraTrainState): part of both its params and EMA weights.
+FROZEN_FIELD = "frozen"
 # Status codes (tensorstore / absl) that say the storage was unreachable or
 # refused, not that the checkpoint is damaged: such a restore error is raised,
 # never a reason to set a checkpoint aside.
@@ -424,7 +429,27 @@ def _saved_weights(manager: ocp.CheckpointManager, step: int, field: str, path: 
     keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
     raise CheckpointMismatchError(f"{os.fspath(path)!r}: checkpoint {_step_dir(manager, step)} "
                                   f"has no {field!r} (top-level entries: {keys})")
-  return saved[field]
+  if saved.get(FROZEN_FIELD) is not None:      # LoRA: the weights are trained + frozen parts
+    return lora_lib.merge(saved[field], saved[FROZEN_FIELD]), saved[FROZEN_FIELD]
+  return saved[field], None
+
+
+def _restore_item(field: str, abstract_params: Any, saved_frozen: Any) -> dict[str, Any]:
+  """What to restore for `abstract_params`: the field alone, or (LoRA) the expected
+  leaves split between the field and the frozen base as the checkpoint holds them."""
+  if saved_frozen is None:
+    return {field: abstract_params}
+  frozen_keys = set(traverse_util.flatten_dict(saved_frozen))
+  flat = traverse_util.flatten_dict(abstract_params)
+  part = lambda frozen: traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items() if (k in frozen_keys) == frozen})
+  return {field: part(False), FROZEN_FIELD: part(True)}
+
+
+def _restored_weights(restored: dict[str, Any], field: str) -> Any:
+  if FROZEN_FIELD in restored:
+    return lora_lib.merge(restored[field], restored[FROZEN_FIELD])
+  return restored[field]
 
 
 def latest_finished_step(path: str | os.PathLike[str]) -> int:
@@ -446,7 +471,7 @@ def params_metadata(path: str | os.PathLike[str], which: str = "ema", *,
   field = _weights_field(which)
   with _read_only_manager(_run_checkpoints(path)) as manager:
     step = _finished_step(manager, step)
-    saved = _saved_weights(manager, step, field, path)
+    saved, _ = _saved_weights(manager, step, field, path)
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), saved)
 
 
@@ -479,7 +504,7 @@ def load_params(path: str | os.PathLike[str], which: str, abstract_params: Any, 
                      f"abstract_params; these have none: {unsharded[:MAX_LISTED_DIFFERENCES]}")
   with _read_only_manager(_run_checkpoints(path)) as manager:
     step = _finished_step(manager, step)
-    saved = _saved_weights(manager, step, field, path)
+    saved, saved_frozen = _saved_weights(manager, step, field, path)
     problems = tree_differences(abstract_params, saved, allow_unused=allow_unused)
     if problems:
       only_unused = all(p.startswith("not expected") for p in problems)
@@ -490,13 +515,13 @@ def load_params(path: str | os.PathLike[str], which: str, abstract_params: Any, 
           + (LINEN_CHECKPOINT_HINT if _written_by_linen(saved) else ""))
     # Partial restore: Orbax reads only the leaves named in `item`, each as a
     # jax.Array laid out by its sharding (every process reads its own shards).
-    item = {field: abstract_params}
+    item = _restore_item(field, abstract_params, saved_frozen)
     args = ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True)
     with _reads_drained_on_failure():
       restored = manager.restore(step, args=ocp.args.Composite(**{STATE: args}))
-  return restored[STATE][field]
+  return _restored_weights(restored[STATE], field)
 
 
 def load_weights(path: str, which: str = "ema") -> dict[str, Any]:
@@ -509,11 +534,11 @@ def load_weights(path: str, which: str = "ema") -> dict[str, Any]:
   field = _weights_field(which)
   with _read_only_manager(_run_checkpoints(path)) as manager:
     step = _finished_step(manager, None)
-    saved = _saved_weights(manager, step, field, path)
+    saved, saved_frozen = _saved_weights(manager, step, field, path)
     # Restore on host as numpy: the source run may have used another mesh.
-    item = {field: saved}
-    restore_args = {field: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)}
+    item = _restore_item(field, saved, saved_frozen)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     with _reads_drained_on_failure():
       restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
           item=item, restore_args=restore_args, partial_restore=True)}))
-  return restored[STATE][field]
+  return _restored_weights(restored[STATE], field)

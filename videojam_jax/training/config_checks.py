@@ -35,6 +35,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if m.get("motion_input_init", "zeros") not in model_lib.MOTION_INPUT_INITS:
     problems.append(f"model.motion_input_init={m.motion_input_init!r}; choose from "
                     f"{model_lib.MOTION_INPUT_INITS}")
+  lora = m.get("lora")
+  if lora is not None and int(lora.get("rank", 0)):
+    if family != "wan":
+      problems.append(f"model.lora.rank={lora.rank}: LoRA is built for model.family='wan' only, "
+                      f"not {family!r}; set model.lora.rank=0 to train every weight")
+    if int(lora.rank) < 0 or float(lora.get("alpha", lora.rank)) <= 0:
+      problems.append(f"model.lora.rank={lora.rank} / alpha={lora.get('alpha')} must be positive")
+    if lora.get("frozen_dtype", "float32") not in ("float32", "bfloat16"):
+      problems.append(f"model.lora.frozen_dtype={lora.frozen_dtype!r}; choose float32 or bfloat16")
   if m.dtype not in ("float32", "bfloat16", "float16"):
     problems.append(f"model.dtype={m.dtype!r}; choose float32, bfloat16 or float16")
   if m.text.source not in ("builtin", "precomputed"):

@@ -3,7 +3,7 @@
 Wan runs (model.family = "wan") export their transformer as a diffusers
 `WanTransformer3DModel` folder (config.json + safetensors, sharded past 5 GB with
 an index), through the same name/layout table the loader uses
-(`model/wan/weights.py`). Only the model is built (no data is read); the weights
+(`model/wan/weights.py`); a LoRA run's adapters are folded into the weights first. Only the model is built (no data is read); the weights
 are restored straight into the config's mesh, and on several hosts every process
 must run the export (shards are gathered, process 0 writes).
 """
@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from videojam_jax.model import dit
 from videojam_jax.model import functional
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.model import text_encoder as text_encoder_lib
 from videojam_jax.model.wan import video_model
 from videojam_jax.model.wan import weights as wan_weights
@@ -47,6 +49,9 @@ def export_run(workdir: str, out_dir: str | os.PathLike, *, which: str = "ema",
   model = functional.build(model_config, dit.VideoShape.from_data_config(info.config.data), plan)
   params = runs.load_params(model, info.workdir, which,
                             step=info.step if step is None else step)
+  if model.lora is not None:   # LoRA: adapters folded into the kernels, W + (alpha/r) A B
+    with model.plan.active():
+      params = jax.jit(lambda p: lora_lib.fold(p, model.lora.scale))(params)
   config = video_model.transformer_config(model_config,
                                           text_encoder_lib.text_width(model_config.text))
   if model.jam:   # Wan-VideoJAM: a 2C-channel WanTransformer3DModel, channels C.. motion

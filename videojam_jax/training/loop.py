@@ -93,7 +93,8 @@ def initial_state(exp: experiment_lib.Experiment, tx, train_config: ml_collectio
   """A fresh state, with weights from train.init_from when it names another run."""
   params = None
   if train_config.init_from:
-    params = runs.load_params(exp.model, train_config.init_from, train_config.init_from_weights)
+    params = runs.load_params(exp.model, train_config.init_from, train_config.init_from_weights,
+                              adapter_key=jax.random.key(seed))
     logging.info("initialised from %s (%s weights)", train_config.init_from,
                  train_config.init_from_weights)
   return state_lib.init_state(exp.model, tx, jax.random.key(seed), params)
@@ -103,7 +104,7 @@ def _run_evaluators(scheduled, state: TrainState, step: int, final: bool, writer
   for ev in scheduled:
     if not ev.due(step, final):
       continue
-    params = state.ema_params if ev.weights == "ema" else state.params
+    params = state_lib.model_params(state, ev.weights)
     values = {f"{ev.name}/{k}": v for k, v in ev.evaluator.run(params, step)}
     if values:
       writer.write_scalars(step, values)
@@ -144,10 +145,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if first_step >= num_steps:
       logging.info("already trained to step %d (train.num_steps=%d): nothing to do",
                    first_step, num_steps)
+    total = state_lib.count_params(state_lib.model_params(state))
+    trained = state_lib.count_params(state.params)
     if is_main:
       parameter_overview.log_parameter_overview(
-          state.params, include_stats=jax.process_count() == 1, msg="model parameters")
-    logging.info("model: %s parameters", f"{state_lib.count_params(state.params):,}")
+          state.params, include_stats=jax.process_count() == 1,
+          msg="model parameters" if trained == total else "trained parameters (LoRA)")
+    logging.info("model: %s parameters, %s of them trained%s", f"{total:,}", f"{trained:,}",
+                 " (LoRA: the rest frozen)" if trained < total else "")
 
     step_fn = step_lib.TrainStep(
         exp.model, tx, loss_config=config.loss, ema_decay=config.optim.ema_decay,

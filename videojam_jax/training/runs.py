@@ -23,6 +23,7 @@ import ml_collections
 from etils import epath
 
 from videojam_jax.model import functional
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.model import retrofit
 from videojam_jax.model.wan import weights as wan_weights
 from videojam_jax.training import checkpoints
@@ -97,7 +98,7 @@ def run_info(name: str, workdir: str,
 
 
 def load_params(model: functional.FunctionalModel, path: str, which: str = "ema", *,
-                step: int | None = None) -> Any:
+                step: int | None = None, adapter_key: jax.Array | None = None) -> Any:
   """A run's `which` weights ('ema' | 'params') in `model`'s shardings.
 
   `path` is a run's workdir or its checkpoints/ folder, or (for a Wan model) a
@@ -105,25 +106,47 @@ def load_params(model: functional.FunctionalModel, path: str, which: str = "ema"
   Wan2.1-T2V-1.3B-Diffusers. A base checkpoint loaded into a VideoJAM model is
   retrofitted (`retrofit.base_to_jam`: zero motion input rows, the motion head a
   copy of the video head); a VideoJAM checkpoint cannot go into a baseline model.
+  A LoRA model (model.lora) loading weights without adapters gets fresh ones from
+  `adapter_key` (default key 0): B = 0, so it starts as those weights.
   """
+  target = model.abstract_params
+  if model.lora is None or _has_adapters(path, which, step):
+    return _load(model, target, path, which, step)
+  weights = _load(model, lora_lib.without_adapters(target), path, which, step)
+  key = jax.random.key(0) if adapter_key is None else adapter_key
+  return lora_lib.merge(weights, model.init_adapters(key))
+
+
+def _has_adapters(path: str, which: str, step: int | None) -> bool:
+  if wan_weights.transformer_dir(path) is not None:
+    return False
+  return lora_lib.has_adapters(checkpoints.params_metadata(path, which, step=step))
+
+
+def _load(model: functional.FunctionalModel, target: Any, path: str, which: str,
+          step: int | None) -> Any:
+  """`path`'s weights as the tree `target` (the model's parameters, or part of them)."""
+  out_shardings = jax.tree.map(lambda a: a.sharding, target)
   diffusers_dir = wan_weights.transformer_dir(path)
   if diffusers_dir is not None:
-    return _load_diffusers_wan(model, diffusers_dir)
+    return _load_diffusers_wan(model, target, diffusers_dir)
   saved = checkpoints.params_metadata(path, which, step=step)
-  target = model.abstract_params
+  if lora_lib.has_adapters(saved) and not lora_lib.has_adapters(target):
+    raise lora_lib.LoraConfigError(
+        f"{path}: a LoRA run's weights (adapters beside a frozen base) cannot be loaded into "
+        "a model without adapters: set model.lora as that run did, or export the run "
+        "(python -m videojam_jax.export folds the adapters into the weights)")
   if model.jam and not retrofit.is_jam(saved):
     base = checkpoints.load_params(path, which, retrofit.base_params_like(target), step=step)
     with model.plan.active():
-      return jax.jit(lambda p: retrofit.base_to_jam(p, target),
-                     out_shardings=model.shardings)(base)
+      return jax.jit(lambda p: retrofit.base_to_jam(p, target), out_shardings=out_shardings)(base)
   if not model.jam and retrofit.is_jam(saved):
     raise retrofit.RetrofitError(
         f"{path}: a VideoJAM checkpoint cannot be loaded into a baseline model (model.jam=False)")
   return checkpoints.load_params(path, which, target, step=step)
 
 
-def _load_diffusers_wan(model: functional.FunctionalModel, directory: str) -> Any:
-  target = model.abstract_params
+def _load_diffusers_wan(model: functional.FunctionalModel, target: Any, directory: str) -> Any:
   if "transformer" not in target:
     raise retrofit.RetrofitError(f"{directory} is a diffusers Wan transformer; it initialises "
                                  "model.family='wan' models only")
@@ -136,7 +159,8 @@ def _load_diffusers_wan(model: functional.FunctionalModel, directory: str) -> An
   if not model.jam:
     return base
   with model.plan.active():
-    return jax.jit(lambda p: retrofit.base_to_jam(p, target), out_shardings=model.shardings)(base)
+    return jax.jit(lambda p: retrofit.base_to_jam(p, target),
+                   out_shardings=jax.tree.map(lambda a: a.sharding, target))(base)
 
 
 @dataclasses.dataclass

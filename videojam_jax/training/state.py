@@ -5,6 +5,11 @@ The state is a pytree of arrays (params as nested dicts, optax state, EMA): what
 Orbax saves and the jitted step donates. Its shardings come from the model's
 logical axis names (`FunctionalModel.shardings`); the optimiser's moments share
 their parameter's sharding (`optax.tree_map_params`), scalars are replicated.
+
+LoRA runs (model.lora) hold a `LoraTrainState`: `params`, `ema_params` and the
+optimiser cover only the trainable part (adapters, VideoJAM's motion projections);
+`frozen` is the rest of the model, stored once in model.lora.frozen_dtype.
+`model_params` gives the whole tree either way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import ml_collections
 import optax
 
 from videojam_jax.model import functional
+from videojam_jax.model import lora as lora_lib
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -25,6 +31,27 @@ class TrainState(flax.struct.PyTreeNode):
   params: Any
   ema_params: Any
   opt_state: optax.OptState
+
+
+class LoraTrainState(TrainState):
+  """A LoRA run's state: the trained part as in TrainState, and the frozen base."""
+  frozen: Any
+
+
+def model_params(state: TrainState, which: str = "params") -> Any:
+  """The whole model's parameters of a state: its `params` or `ema` weights (with the
+  frozen base merged in, for LoRA)."""
+  if which not in ("params", "ema"):
+    raise ValueError(f"which must be 'params' or 'ema', got {which!r}")
+  params = state.ema_params if which == "ema" else state.params
+  return lora_lib.merge(params, state.frozen) if isinstance(state, LoraTrainState) else params
+
+
+def _frozen_abstract(model: functional.FunctionalModel, frozen: Any) -> Any:
+  dtype = jnp.dtype(model.lora.frozen_dtype)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+      a.shape, dtype if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype,
+      sharding=a.sharding), frozen)
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -50,16 +77,21 @@ def create_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.
 def abstract_state(model: functional.FunctionalModel,
                    tx: optax.GradientTransformation) -> TrainState:
   """The state's shapes, dtypes and shardings (jax.ShapeDtypeStruct leaves), allocating nothing."""
-  params = model.abstract_params
+  params, frozen = model.abstract_params, None
+  if model.lora is not None:
+    params, frozen = lora_lib.split(params)
   replicated = model.plan.replicated()
   opt_state = jax.eval_shape(tx.init, params)
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, opt_state, model.shardings,
+      tx, lambda _, s: s, opt_state, jax.tree.map(lambda a: a.sharding, params),
       transform_non_params=lambda _: replicated)
   with_sharding = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-  return TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
-      ema_params=params, opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings))
+  fields = dict(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
+                ema_params=params,
+                opt_state=jax.tree.map(with_sharding, opt_state, opt_shardings))
+  if frozen is None:
+    return TrainState(**fields)
+  return LoraTrainState(**fields, frozen=_frozen_abstract(model, frozen))
 
 
 def shardings(state: TrainState) -> TrainState:
@@ -70,14 +102,20 @@ def shardings(state: TrainState) -> TrainState:
 def init_state(model: functional.FunctionalModel, tx: optax.GradientTransformation,
                key: jax.Array, params: Any | None = None) -> TrainState:
   """A fresh state in its shardings: new parameters from `key`, or the given `params`
-  (e.g. loaded from another run) with a fresh optimiser and EMA."""
-  target = shardings(abstract_state(model, tx))
+  (e.g. loaded from another run; the whole model's tree) with a fresh optimiser and EMA."""
+  abstract = abstract_state(model, tx)
+  target = shardings(abstract)
   if params is None:
     params = model.init(key)
 
   def create(params: Any) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    frozen = None
+    if isinstance(abstract, LoraTrainState):
+      params, frozen = lora_lib.split(params)
+      frozen = jax.tree.map(lambda x, a: x.astype(a.dtype), frozen, abstract.frozen)
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params,
+                  ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params))
+    return TrainState(**fields) if frozen is None else LoraTrainState(**fields, frozen=frozen)
   with model.plan.active():
     return jax.jit(create, out_shardings=target)(params)
 

@@ -4,6 +4,8 @@ Explicit in/out shardings, donated state, no host work inside. The step's
 randomness is `fold_in(key(seed), step)`, so a resumed run draws exactly the
 noise an uninterrupted run would have drawn. The model is rebuilt from its
 parameters inside the loss (`FunctionalModel.apply`: nnx.merge at trace time).
+For LoRA (`LoraTrainState`), the loss differentiates only the trainable part; the
+frozen base is merged in there, so XLA never computes its weight gradients.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import optax
 from jax.sharding import NamedSharding
 
 from videojam_jax.model import functional
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.parallel import sharding
 from videojam_jax.training import flow_matching
-from videojam_jax.training.state import TrainState
+from videojam_jax.training.state import LoraTrainState, TrainState
 
 Batch = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
@@ -47,15 +50,18 @@ class TrainStep:
     self.batch_shardings = batch_shardings(self.plan, batch_spec)
     accum, jam = int(grad_accum_steps), model.jam
 
-    def loss_and_grads(params, batch, rng):
+    def loss_and_grads(state, params, batch, rng):
+      apply = model.apply
+      if isinstance(state, LoraTrainState):
+        apply = lambda p, *a, **k: model.apply(lora_lib.merge(p, state.frozen), *a, **k)
       grad_fn = jax.value_and_grad(flow_matching.joint_loss, argnums=1, has_aux=True)
-      (_, metrics), grads = grad_fn(model.apply, params, batch, rng, loss_config, jam)
+      (_, metrics), grads = grad_fn(apply, params, batch, rng, loss_config, jam)
       return grads, metrics
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
       rng = jax.random.fold_in(jax.random.key(seed), state.step)
       if accum == 1:
-        grads, metrics = loss_and_grads(state.params, batch, rng)
+        grads, metrics = loss_and_grads(state, state.params, batch, rng)
       else:
         # Micro-batches in a scan: one optimizer update per step, 1/accum the activations.
         micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
@@ -70,13 +76,14 @@ class TrainStep:
         def body(carry, xs):
           grads_sum, metrics_sum = carry
           mb, i = xs
-          g, m = loss_and_grads(state.params, mb, jax.random.fold_in(rng, i))
+          g, m = loss_and_grads(state, state.params, mb, jax.random.fold_in(rng, i))
           return (jax.tree.map(jnp.add, grads_sum, g), jax.tree.map(jnp.add, metrics_sum, m)), None
 
         zeros_g = jax.tree.map(jnp.zeros_like, state.params)
         first = jax.tree.map(lambda x: x[0], micro)
         zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                               jax.eval_shape(lambda: loss_and_grads(state.params, first, rng)[1]))
+                               jax.eval_shape(lambda: loss_and_grads(state, state.params, first,
+                                                                     rng)[1]))
         (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, jnp.arange(accum)))
         grads = jax.tree.map(lambda g: g / accum, grads)
         metrics = jax.tree.map(lambda m: m / accum, metrics)

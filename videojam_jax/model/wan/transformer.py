@@ -32,6 +32,7 @@ from flax import nnx
 from videojam_jax.model import attention as attention_lib
 from videojam_jax.model import dit
 from videojam_jax.model import layers
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.parallel import sharding
 
 TOKENS = ("activation_batch", "activation_length", "activation_embed")
@@ -170,10 +171,11 @@ class HeadsRMSNorm(nnx.Module):
 
 
 class WanAttention(nnx.Module):
-  """Self- or cross-attention with q / k RMSNorm across heads and optional rotary angles."""
+  """Self- or cross-attention with q / k RMSNorm across heads and optional rotary angles;
+  with `lora`, an adapter beside each of the four projections (model/lora.py)."""
 
   def __init__(self, dim: int, num_heads: int, eps: float, *, dtype: Any,
-               attention_impl: str, rngs: nnx.Rngs):
+               attention_impl: str, lora: lora_lib.LoraConfig | None = None, rngs: nnx.Rngs):
     head_dim = dim // num_heads
 
     def proj(in_axes, out_features, axis, kernel_axes, bias_axes):
@@ -188,32 +190,54 @@ class WanAttention(nnx.Module):
     self.norm_q = HeadsRMSNorm(num_heads, head_dim, eps, rngs=rngs)
     self.norm_k = HeadsRMSNorm(num_heads, head_dim, eps, rngs=rngs)
     self.attention_impl = attention_impl
+    self.lora = lora is not None
+    if self.lora:
+      adapter = lambda i, o, ia, oa: lora_lib.LowRankAdapter(i, o, lora, in_axes=ia, out_axes=oa,
+                                                             dtype=dtype, rngs=rngs)
+      qkv_lora = lambda: adapter((dim,), (num_heads, head_dim), ("embed",), ("heads", "kv"))
+      self.to_q_lora, self.to_k_lora, self.to_v_lora = qkv_lora(), qkv_lora(), qkv_lora()
+      self.to_out_lora = adapter((num_heads, head_dim), (dim,), ("heads", "kv"), ("embed",))
+
+  def _project(self, name: str, x: jax.Array) -> jax.Array:
+    out = getattr(self, name)(x)
+    # The adapter's output is added: B = 0 adds exact zeros (a fresh LoRA model is its base).
+    return out + getattr(self, name + lora_lib.ADAPTER_SUFFIX)(x) if self.lora else out
 
   def __call__(self, x: jax.Array, context: jax.Array | None = None,
                rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     context = x if context is None else context
-    q = self.norm_q(self.to_q(x))
-    k = self.norm_k(self.to_k(context))
-    v = self.to_v(context)
+    q = self.norm_q(self._project("to_q", x))
+    k = self.norm_k(self._project("to_k", context))
+    v = self._project("to_v", context)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads",
                                "activation_kv"))
     out = attention_lib.dot_product_attention(q, k, v, implementation=self.attention_impl)
-    return self.to_out(out)
+    return self._project("to_out", out)
 
 
 class FeedForward(nnx.Module):
-  """Linear, GELU (tanh approximation), Linear."""
+  """Linear, GELU (tanh approximation), Linear; with `lora`, an adapter beside each."""
 
-  def __init__(self, dim: int, hidden: int, *, dtype: Any, rngs: nnx.Rngs):
+  def __init__(self, dim: int, hidden: int, *, dtype: Any,
+               lora: lora_lib.LoraConfig | None = None, rngs: nnx.Rngs):
     self.proj_in = layers.linear(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.proj_out = layers.linear(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.lora = lora is not None
+    if self.lora:
+      self.proj_in_lora = lora_lib.LowRankAdapter((dim,), (hidden,), lora, in_axes=("embed",),
+                                                  out_axes=("mlp",), dtype=dtype, rngs=rngs)
+      self.proj_out_lora = lora_lib.LowRankAdapter((hidden,), (dim,), lora, in_axes=("mlp",),
+                                                   out_axes=("embed",), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = jax.nn.gelu(self.proj_in(x), approximate=True)
+    h = self.proj_in(x)
+    if self.lora:
+      h = h + self.proj_in_lora(x)
+    h = jax.nn.gelu(h, approximate=True)
     h = sharding.constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
-    return self.proj_out(h)
+    return self.proj_out(h) + self.proj_out_lora(h) if self.lora else self.proj_out(h)
 
 
 def _scale_shift_table(count: int, dim: int, rngs: nnx.Rngs) -> nnx.Param:
@@ -226,16 +250,16 @@ class WanTransformerBlock(nnx.Module):
   """Modulated self-attention (rotary), cross-attention to the text, modulated FFN."""
 
   def __init__(self, config: WanTransformerConfig, *, dtype: Any, attention_impl: str,
-               rngs: nnx.Rngs):
+               lora: lora_lib.LoraConfig | None = None, rngs: nnx.Rngs):
     dim, eps = config.dim, config.eps
     attn = lambda: WanAttention(dim, config.num_attention_heads, eps, dtype=dtype,
-                                attention_impl=attention_impl, rngs=rngs)
+                                attention_impl=attention_impl, lora=lora, rngs=rngs)
     self.norm1 = layers.LayerNorm(dim, affine=False, epsilon=eps, rngs=rngs)
     self.attn1 = attn()
     self.norm2 = (layers.LayerNorm(dim, affine=True, epsilon=eps, rngs=rngs)
                   if config.cross_attn_norm else None)
     self.attn2 = attn()
-    self.ffn = FeedForward(dim, config.ffn_dim, dtype=dtype, rngs=rngs)
+    self.ffn = FeedForward(dim, config.ffn_dim, dtype=dtype, lora=lora, rngs=rngs)
     self.norm3 = layers.LayerNorm(dim, affine=False, epsilon=eps, rngs=rngs)
     self.scale_shift_table = _scale_shift_table(6, dim, rngs)
 
@@ -297,11 +321,13 @@ class WanTransformer(nnx.Module):
 
   def __init__(self, config: WanTransformerConfig, *, dtype: Any = jnp.float32,
                remat_policy: str = "none", attention_impl: str = "xla",
-               motion_channels: int = 0, motion_input_init: str = "zeros", rngs: nnx.Rngs):
+               motion_channels: int = 0, motion_input_init: str = "zeros",
+               lora: lora_lib.LoraConfig | None = None, rngs: nnx.Rngs):
     """motion_channels > 0 adds VideoJAM's two projections (Wan-VideoJAM): the motion
     latents' patch embedding, added to the video's (zero-initialised, or Xavier with
     motion_input_init='xavier'), and a motion head beside `proj_out` (zero-initialised;
-    a retrofit copies proj_out into it)."""
+    a retrofit copies proj_out into it). `lora` adds low-rank adapters to every block's
+    attention and FFN projections (model/lora.py)."""
     if remat_policy not in layers.REMAT_POLICIES:
       raise WanConfigError(f"remat_policy must be one of {sorted(layers.REMAT_POLICIES)}, "
                            f"got {remat_policy!r}")
@@ -313,7 +339,7 @@ class WanTransformer(nnx.Module):
     self.condition_embedder = ConditionEmbedder(config, dtype=self.dtype, rngs=rngs)
     self.blocks = layers.stacked(
         lambda r: WanTransformerBlock(config, dtype=self.dtype, attention_impl=attention_impl,
-                                      rngs=r), config.num_layers, rngs)
+                                      lora=lora, rngs=r), config.num_layers, rngs)
     self.norm_out = layers.LayerNorm(dim, affine=False, epsilon=config.eps, rngs=rngs)
     self.proj_out = layers.linear(dim, int(np.prod(patch)) * config.out_channels,
                                   ("embed", "patch"), dtype=self.dtype, rngs=rngs)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from videojam_jax.model import lora as lora_lib
 from videojam_jax.model import text_encoder as text_encoder_lib
 from videojam_jax.model.wan import transformer as transformer_lib
 
@@ -40,7 +41,8 @@ class WanVideoModel(nnx.Module):
   def __init__(self, config: transformer_lib.WanTransformerConfig, *, video_shape: Any,
                text_encoder: text_encoder_lib.ByteTextEncoder | None, dtype: Any = jnp.float32,
                remat_policy: str = "none", attention_impl: str = "xla", jam: bool = False,
-               motion_input_init: str = "zeros", rngs: nnx.Rngs):
+               motion_input_init: str = "zeros", lora: lora_lib.LoraConfig | None = None,
+               rngs: nnx.Rngs):
     if video_shape.channels != config.in_channels or config.out_channels != config.in_channels:
       raise transformer_lib.WanConfigError(
           f"the clips have {video_shape.channels} channels; the Wan config takes "
@@ -50,7 +52,7 @@ class WanVideoModel(nnx.Module):
     self.transformer = transformer_lib.WanTransformer(
         config, dtype=dtype, remat_policy=remat_policy, attention_impl=attention_impl,
         motion_channels=video_shape.channels if jam else 0,
-        motion_input_init=motion_input_init, rngs=rngs)
+        motion_input_init=motion_input_init, lora=lora, rngs=rngs)
 
   def encode_text(self, text: jax.Array, text_mask: jax.Array) -> jax.Array:
     """The text tokens [B, L, dim] the blocks attend to, from token ids [B, L] (built-in
@@ -110,4 +112,4 @@ def build_model(model_config: ml_collections.ConfigDict, video_shape: Any, *,
                        remat_policy=model_config.remat_policy,
                        attention_impl=model_config.attention_impl, jam=bool(model_config.jam),
                        motion_input_init=str(model_config.get("motion_input_init", "zeros")),
-                       rngs=rngs)
+                       lora=lora_lib.LoraConfig.from_model_config(model_config), rngs=rngs)

@@ -42,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   # encode, the Wan VAE folder (or pipeline) to encode it with (also checked against
   # a latent dataset's metadata when training), clips per VAE call.
   config.data.latents = ml_collections.ConfigDict(dict(source_dir="", vae="", batch_size=8))
+  # A Wan pipeline folder: the records also carry each caption's umT5 embedding (then
+  # data.text_embeddings is not needed); "": captions only.
+  config.data.latents.text_encoder = ""
   # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train_clips = 1024

@@ -8,11 +8,15 @@ files) and writes the same record layout with latents in place of pixels:
   motion:  float32 [T', h, w, z]  the motion video through the same VAE, the same way
                                   (the paper: motion goes through the video autoencoder)
   caption, clip_id                copied
+  text_embedding: float32 [n, D]  with data.latents.text_encoder (a Wan pipeline folder):
+                                  the caption's umT5 embedding, its n tokens only (the
+                                  trainer pads to model.text.max_length); no .npz needed
 
 T' = 1 + (T - 1) / 4, h = H / 8, w = W / 8. The metadata carries the clip metadata
 with the latent sizes (so the trainer's size checks read latent sizes), `channels`,
 `vae_sha256` (a hash of the VAE's weight files), `latents_mean` / `latents_std`, the
-pixel sizes and the source dataset. Each split's records are encoded in batches by
+pixel sizes and the source dataset (and, with text, `text_embedding_dim`,
+`text_max_length` and the text encoder's folder). Each split's records are encoded in batches by
 one jitted program, pixels read once per clip (video and motion in one VAE call).
 
   <data_dir>/wan_latent_clips/<source config>-vae<hash>/1.0.0/
@@ -37,6 +41,7 @@ from videojam_jax.data import clip_records
 from videojam_jax.data import frames
 from videojam_jax.data import pipeline
 from videojam_jax.model import functional
+from videojam_jax.model.wan import text as wan_text
 from videojam_jax.model.wan import vae as vae_lib
 from videojam_jax.model.wan import weights
 from videojam_jax.parallel import sharding
@@ -50,18 +55,24 @@ class LatentClipsConfig(tfds.core.BuilderConfig):
   vae_dir: str
   vae_sha256: str
   batch_size: int
+  text_encoder_dir: str = ""
+  text_max_length: int = 0
 
 
-def latent_features(num_frames: int, height: int, width: int,
-                    channels: int) -> tfds.features.FeaturesDict:
+def latent_features(num_frames: int, height: int, width: int, channels: int,
+                    text_dim: int = 0) -> tfds.features.FeaturesDict:
   zlib = tfds.features.Encoding.ZLIB
   shape = (num_frames, height, width, channels)
-  return tfds.features.FeaturesDict({
+  features = {
       "video": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=zlib),
       "motion": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=zlib),
       "caption": tfds.features.Text(),
       "clip_id": tfds.features.Text(),
-  })
+  }
+  if text_dim:
+    features[pipeline.TEXT_EMBEDDING] = tfds.features.Tensor(
+        shape=(None, text_dim), dtype=np.float32, encoding=zlib)
+  return tfds.features.FeaturesDict(features)
 
 
 class LatentEncoder:
@@ -105,8 +116,8 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
-  def __init__(self, *, encoder: LatentEncoder, **kwargs: Any):
-    self._encoder = encoder
+  def __init__(self, *, encoder: LatentEncoder, text_encoder: Any = None, **kwargs: Any):
+    self._encoder, self._text_encoder = encoder, text_encoder
     config: LatentClipsConfig = kwargs["config"]
     self._source_version_dir, self._source = pipeline._open_builder(config.source_dir)  # pylint: disable=protected-access
     self._source_metadata = dict(self._source.info.metadata or {})
@@ -127,9 +138,14 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     t, h, w, z = self._latent_shape
     m, vae = self._source_metadata, self._encoder.config
+    text = {}
+    if self._text_encoder is not None:
+      text = dict(text_embedding_dim=int(self._text_encoder.width),
+                  text_max_length=int(self.builder_config.text_max_length),
+                  text_encoder=self.builder_config.text_encoder_dir)
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__.splitlines()[0],
-        features=latent_features(t, h, w, z),
+        features=latent_features(t, h, w, z, text.get("text_embedding_dim", 0)),
         metadata=clip_records.clip_metadata(
             num_frames=t, height=h, width=w, fps=float(m["fps"]),
             flow_estimator=str(m["flow_estimator"]), flow_sigma=float(m["flow_sigma"]),
@@ -137,7 +153,8 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
             latents_mean=list(vae.latents_mean), latents_std=list(vae.latents_std),
             pixel_num_frames=int(m["num_frames"]), pixel_height=int(m["height"]),
             pixel_width=int(m["width"]), source_dataset=self._source_version_dir,
-            source_metadata={k: v for k, v in m.items() if isinstance(v, (int, float, str))}))
+            source_metadata={k: v for k, v in m.items() if isinstance(v, (int, float, str))},
+            **text))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -158,11 +175,17 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
       if pad:
         clips = np.concatenate([clips, np.repeat(clips[:1], pad, axis=0)])
       latents = self._encoder(clips)
+      captions = [pipeline._text(r["caption"]) for r in records]  # pylint: disable=protected-access
+      if self._text_encoder is not None:
+        # Constant batch shape (one compile): the last batch padded with empty captions.
+        embeddings, masks = self._text_encoder(captions + [""] * (batch - n))
       for i, record in enumerate(records):
         key = pipeline._text(record["clip_id"])  # pylint: disable=protected-access
-        yield key, {"video": latents[i], "motion": latents[n + i],
-                    "caption": pipeline._text(record["caption"]),  # pylint: disable=protected-access
-                    "clip_id": key}
+        example = {"video": latents[i], "motion": latents[n + i], "caption": captions[i],
+                   "clip_id": key}
+        if self._text_encoder is not None:
+          example[pipeline.TEXT_EMBEDDING] = embeddings[i][:int(masks[i].sum())]
+        yield key, example
       logging.info("%s: encoded %d / %d clips", split, start + n, total)
 
 
@@ -178,11 +201,18 @@ def build(config: ml_collections.ConfigDict) -> str:
   source_version_dir = pipeline.find_dataset_version_dir(latents.source_dir)
   vae_hash = weights.vae_sha256(latents.vae)       # hashed once: it reads every weight file
   name = f"{pathlib.Path(source_version_dir).parent.name}-vae{vae_hash[:12]}"
+  text_dir = str(latents.get("text_encoder", ""))
+  text_encoder, max_length = None, int(config.model.text.max_length)
+  if text_dir:
+    text_encoder = wan_text.WanTextEncoder.from_pipeline(text_dir, plan, max_length=max_length)
+    name += f"-text{max_length}"
   builder_config = LatentClipsConfig(name=name, version=WanLatentClips.VERSION,
                                      source_dir=str(latents.source_dir),
                                      vae_dir=str(latents.vae), vae_sha256=vae_hash,
-                                     batch_size=int(latents.batch_size))
-  builder = WanLatentClips(encoder=encoder, config=builder_config,
+                                     batch_size=int(latents.batch_size),
+                                     text_encoder_dir=text_dir,
+                                     text_max_length=max_length if text_dir else 0)
+  builder = WanLatentClips(encoder=encoder, text_encoder=text_encoder, config=builder_config,
                            data_dir=str(config.data.dataset_dir), file_format=FILE_FORMAT)
   path = str(builder.data_dir)
   if builder.is_prepared():

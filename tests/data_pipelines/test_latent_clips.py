@@ -24,7 +24,9 @@ from videojam_jax.data import pipeline
 from videojam_jax.model.wan import weights
 
 VAE = REPO / "tests" / "fixtures" / "wan" / "vae"
+PIPELINE = REPO / "tests" / "fixtures" / "wan" / "pipeline"      # its tiny umT5: 32 wide
 LATENT = dict(num_frames=2, height=2, width=2, channels=4)
+TEXT = dict(source="precomputed", max_length=16, embedding_dim=32)
 
 
 def config_for(root):
@@ -43,8 +45,11 @@ def config_for(root):
 
 @pytest.fixture(scope="module")
 def latent_data(tmp_path_factory):
+  """Latent clips whose records also carry the captions' umT5 embeddings."""
   root = tmp_path_factory.mktemp("latent_clips")
   config = config_for(root)
+  config.model.text.update(TEXT)
+  config.data.latents.text_encoder = str(PIPELINE)
   return config, latent_clips.build(config)
 
 
@@ -70,6 +75,17 @@ def test_records_are_the_normalised_vae_means_of_video_and_motion(latent_data):
       np.testing.assert_allclose(latents[i]["video"], want[0], rtol=0, atol=1e-5)
       np.testing.assert_allclose(latents[i]["motion"], want[1], rtol=0, atol=1e-5)
       assert latents[i]["caption"] == pixels[i]["caption"]
+  # The captions' umT5 embeddings, their tokens only (the mask is the length).
+  assert (metadata["text_embedding_dim"], metadata["text_max_length"]) == (32, 16)
+  from videojam_jax.model.wan import text as wan_text
+  umt5 = wan_text.WanTextEncoder.from_pipeline(str(PIPELINE), encoder.plan, max_length=16)
+  records = built.as_data_source("train")
+  captions = [records[i]["caption"].decode() for i in range(2)]
+  want, mask = umt5(captions)
+  for i in range(2):
+    got = records[i]["text_embedding"]
+    assert got.shape == (int(mask[i].sum()), 32)
+    np.testing.assert_allclose(got, want[i][:len(got)], rtol=0, atol=1e-5)
 
 
 def test_the_trainer_checks_shape_and_vae(latent_data, tmp_path):
@@ -89,6 +105,14 @@ def test_the_trainer_checks_shape_and_vae(latent_data, tmp_path):
   wrong.data.latents.vae = str(other)
   with pytest.raises(clip_records.DatasetMismatchError, match="made by another VAE"):
     pipeline.open_clip_source(wrong, "train")
+  from videojam_jax.data import text as text_lib
+  for field, value, message in (("embedding_dim", 64, "32 wide, model.text.embedding_dim is 64"),
+                                ("max_length", 8, "up to 16 tokens, more than")):
+    text = ml_collections.ConfigDict(dict(TEXT))
+    text[field] = value
+    with pytest.raises(clip_records.DatasetMismatchError, match=message):
+      pipeline.create_dataset(config.data, "train", batch_size=1,
+                              captions=text_lib.CaptionInputs(text, ""))
 
 
 def test_source_clips_the_vae_cannot_encode_are_refused(tmp_path):
@@ -109,6 +133,7 @@ def test_wan_trains_and_resumes_on_latent_clips(latent_data, tmp_path):
              f"--config.data.latents.vae={VAE}", "--config.compilation_cache_dir=",
              *[f"--config.data.{k}={v}" for k, v in LATENT.items()],
              "--config.model.wan.in_channels=4", "--config.model.wan.out_channels=4",
+             *[f"--config.model.text.{k}={v}" for k, v in TEXT.items()],   # from the records
              "--config.model.jam=True", "--config.evals.samples.every_steps=0",
              "--config.evals.heldout.every_steps=2", "--config.train.checkpoint_every=2"]
   result = subprocess.run(command + ["--config.train.num_steps=2"], cwd=REPO, env=env(),
@@ -144,3 +169,10 @@ def test_real_videos_become_latent_clips(tmp_path):
     assert len(records) == report.clips[split]
     assert all(np.isfinite(records[i]["video"]).all() and records[i]["video"].shape == (2, 2, 2, 4)
                for i in range(len(records)))
+  # Built without a text encoder: precomputed text then needs data.text_embeddings.
+  config.data.update(LATENT)
+  text = ml_collections.ConfigDict(dict(TEXT))
+  from videojam_jax.data import text as text_lib
+  with pytest.raises(ValueError, match="holds no caption embeddings and data.text_embeddings"):
+    pipeline.create_dataset(config.data, "train", batch_size=1,
+                            captions=text_lib.CaptionInputs(text, ""))

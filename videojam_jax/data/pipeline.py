@@ -33,6 +33,8 @@ DATASET_INFO = "dataset_info.json"
 INCOMPLETE_PREFIX = "incomplete"
 CAPTION = "caption"    # the caption feature of the clip format (clip_records.py)
 CLIP_INDEX = "clip_index"   # added by create_dataset(with_index=True)
+# Latent clips built with a text encoder carry their caption's umT5 embedding [n, D].
+TEXT_EMBEDDING = "text_embedding"
 
 
 class CorruptRecordError(RuntimeError):
@@ -151,12 +153,15 @@ class ToTrainingExample(grain.transforms.Map):
     self._captions = captions
 
   def map(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    text, mask = self._captions([_text(record[CAPTION])])
+    if TEXT_EMBEDDING in record and self._captions.source == "precomputed":
+      text, mask = self._captions.from_embedding(record[TEXT_EMBEDDING])
+    else:
+      text, mask = (x[0] for x in self._captions([_text(record[CAPTION])]))
     example = {
         "video": _model_space(record["video"]),
         "motion": _model_space(record["motion"]),
-        "text": text[0],
-        "text_mask": mask[0],
+        "text": text,
+        "text_mask": mask,
     }
     if CLIP_INDEX in record:
       example[CLIP_INDEX] = np.int32(record[CLIP_INDEX])
@@ -176,6 +181,30 @@ class _WithIndex(grain.transforms.MapWithIndex):
     return {**record, CLIP_INDEX: index}
 
 
+def check_caption_embeddings(metadata: Mapping[str, Any], captions: text_lib.CaptionInputs,
+                             where: Any) -> None:
+  """Before any record is read: captions can become model inputs (the records carry
+  embeddings of the config's width, or data.text_embeddings is set)."""
+  if captions.source != "precomputed":
+    return
+  dim = metadata.get("text_embedding_dim")
+  if dim is None:
+    if not captions.has_lookup:
+      raise ValueError(
+          f"model.text.source='precomputed' but {where} holds no caption embeddings and "
+          "data.text_embeddings is not set: run `python -m data_pipelines.embed_captions`, "
+          "or build the latent clips with data.latents.text_encoder")
+    return
+  if int(dim) != captions.embedding_dim:
+    raise clip_records.DatasetMismatchError(
+        f"{where}: the records' caption embeddings are {dim} wide, model.text.embedding_dim "
+        f"is {captions.embedding_dim}")
+  if int(metadata.get("text_max_length", 0)) > captions.max_length:
+    raise clip_records.DatasetMismatchError(
+        f"{where}: captions were embedded up to {metadata['text_max_length']} tokens, more "
+        f"than model.text.max_length={captions.max_length}")
+
+
 def per_process_batch_size(global_batch: int) -> int:
   if global_batch % jax.process_count():
     raise ValueError(f"batch size {global_batch} is not divisible by "
@@ -192,7 +221,8 @@ def create_dataset(data_config: ml_collections.ConfigDict, split: str, *, batch_
   with_index: each example also carries `clip_index`, its record's index in the
   split. drop_remainder (default: when repeating) drops a last, smaller batch.
   """
-  source, _ = open_clip_source(ml_collections.ConfigDict({"data": data_config}), split)
+  source, metadata = open_clip_source(ml_collections.ConfigDict({"data": data_config}), split)
+  check_caption_embeddings(metadata, captions, data_config.dataset_dir)
   ds = grain.MapDataset.source(source)
   if with_index:
     ds = ds.map_with_index(_WithIndex())

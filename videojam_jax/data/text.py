@@ -86,8 +86,33 @@ class CaptionInputs:
     self.max_length = int(text_config.max_length)
     self.embedding_dim = int(text_config.embedding_dim)
     self._lookup = None
-    if self.source == "precomputed" and embeddings_path is not None:
+    # embeddings_path "": the records carry their captions' embeddings (latent clips
+    # built with data.latents.text_encoder); `from_embedding` reads those.
+    if self.source == "precomputed" and embeddings_path:
       self._lookup = PrecomputedText(embeddings_path, self.max_length, self.embedding_dim)
+
+  @property
+  def has_lookup(self) -> bool:
+    """Whether captions can be turned into inputs here (else only records' embeddings)."""
+    return self.source == "builtin" or self._lookup is not None
+
+  def from_embedding(self, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A record's caption embedding [n, D] (its n tokens) -> (text [L, D], mask [L]),
+    zero-padded to max_length L."""
+    embedding = np.asarray(embedding, np.float32)
+    if self.source != "precomputed":
+      raise ValueError("the records carry caption embeddings; set model.text.source="
+                       "'precomputed' to train on them")
+    if embedding.ndim != 2 or embedding.shape[1] != self.embedding_dim:
+      raise ValueError(f"a record's caption embedding is {embedding.shape}, model.text."
+                       f"embedding_dim is {self.embedding_dim}")
+    n = embedding.shape[0]
+    if n > self.max_length:
+      raise ValueError(f"a record's caption has {n} tokens, more than model.text.max_length="
+                       f"{self.max_length}")
+    text = np.zeros((self.max_length, self.embedding_dim), np.float32)
+    text[:n] = embedding
+    return text, np.arange(self.max_length) < n
 
   def __call__(self, captions: Sequence[str], *, trim: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +121,9 @@ class CaptionInputs:
     if self.source == "builtin":
       text, mask = tokenize(captions, self.max_length)
     elif self._lookup is None:
-      raise ValueError("caption embeddings were not loaded (shapes-only CaptionInputs)")
+      raise ValueError("caption embeddings were not loaded: set data.text_embeddings (the "
+                       ".npz of `python -m data_pipelines.embed_captions`) to embed captions "
+                       "outside the records")
     else:
       pairs = [self._lookup(c) for c in captions]
       text = np.stack([p[0] for p in pairs])

@@ -6,7 +6,10 @@
 
 Defaults are the published pipelines': 832x480, 81 frames, 50 steps, guidance
 scale 5, the scheduler's own flow shift and sigmas (scheduler/ in the folder),
-the empty negative prompt. Writes out/sample_XXX.mp4 and out/samples.json.
+the empty negative prompt. Writes out/sample_XXX.mp4 and out/samples.json (with each
+video's motion metrics). Base Wan beside Wan-VideoJAM, same prompts and seeds:
+
+  python -m videojam_jax.compare --out page/ --samples base=out_base/ --samples jam=out_jam/
 """
 
 import ml_collections
@@ -28,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = "bfloat16"            # compute dtype (weights are read into float32 masters)
   config.attention_impl = "xla"        # xla | cudnn | splash | auto (model/attention.py)
   config.compilation_cache_dir = ""
+  # Motion metrics of every generated video (evaluation/motion_metrics.py: warping error,
+  # smoothness, dynamics, flicker, and motion EPE for Wan-VideoJAM), into samples.json
+  # for `python -m videojam_jax.compare`: a DIS optical-flow preset, or "" for none.
+  config.metrics_preset = "fast"
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_steps = 50

@@ -21,6 +21,7 @@ import pytest
 from configs import wan21_generate
 from tests.conftest import REPO
 from tests.test_train_e2e import env
+from videojam_jax.evaluation import generated_page
 from videojam_jax.parallel import sharding
 from videojam_jax.sampling import sampler as sampler_lib
 from videojam_jax.sampling import wan_pipeline
@@ -184,3 +185,33 @@ def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipe
   assert frames.shape == (5, 16, 2 * 16 + 2, 3)      # video | gap | motion
   record = json.loads((out / "samples.json").read_text())
   assert record["wan_videojam"] and record["settings"]["guidance"] == "inner"
+  metrics = record["samples"][0]["metrics"]
+  assert {"warping_error", "motion_smoothness", "motion_epe"} <= set(metrics)
+  assert all(np.isfinite(v) for v in metrics.values())
+  # The base pipeline on the same prompt and seed, and the page of both.
+  base = tmp_path / "base"
+  result = subprocess.run(
+      [sys.executable, "-m", "videojam_jax.generate", "--config", "configs/wan21_generate.py",
+       f"--workdir={base}", f"--config.pipeline_dir={PIPELINE}",
+       "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
+       "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
+       "--config.dtype=float32", "--config.max_sequence_length=16"],
+      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  html_path = tmp_path / "page" / "index.html"
+  result = subprocess.run(
+      [sys.executable, "-m", "videojam_jax.compare", f"--out={html_path}",
+       f"--samples=base={base}", f"--samples=videojam={out}"],
+      cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  html = html_path.read_text()
+  assert "<th>base</th><th>videojam</th>" in html and "mean warping_error" in html
+  assert "../base/sample_000.mp4" in html and "../out/sample_000.mp4" in html
+  other = tmp_path / "other"
+  shutil.copytree(base, other)
+  record = json.loads((other / "samples.json").read_text())
+  record["samples"][0]["seed"] = 7
+  (other / "samples.json").write_text(json.dumps(record))
+  with pytest.raises(generated_page.ComparisonError, match="different prompts or seeds"):
+    generated_page.write_comparison({"base": str(other), "videojam": str(out)},
+                                    str(tmp_path / "x.html"))

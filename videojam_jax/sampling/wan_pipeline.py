@@ -42,6 +42,7 @@ from flax import nnx
 
 from videojam_jax.data import motion_encoding
 from videojam_jax.data import video_io
+from videojam_jax.evaluation import motion_metrics
 from videojam_jax.model import diffusers_format as fmt
 from videojam_jax.model import dit
 from videojam_jax.model import functional
@@ -301,6 +302,11 @@ def generate_videos(config: Any, out_dir: str | pathlib.Path) -> list[str]:
       video_io.write_video(path, frames, fps=config.fps, min_side=0)
       paths.append(str(path))
       records.append(dict(file=path.name, prompt=prompt, seed=seed, index_in_batch=i))
+      preset = config.get("metrics_preset", "")
+      if preset:   # on the video itself (and the decoded motion: how well they agree)
+        records[-1]["metrics"] = motion_metrics.compute_all(
+            to_uint8(clip), None if motion is None else to_uint8(motion[i]),
+            sigma=config.flow_sigma, fps=config.fps, preset=preset)
     logging.info("generated %d / %d prompts", min(start + batch, len(prompts)), len(prompts))
   (out_dir / "samples.json").write_text(json.dumps(dict(
       pipeline_dir=str(config.pipeline_dir), negative_prompt=config.negative_prompt,

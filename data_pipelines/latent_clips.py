@@ -25,6 +25,7 @@ one jitted program, pixels read once per clip (video and motion in one VAE call)
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Any
 
@@ -48,6 +49,7 @@ from videojam_jax.parallel import sharding
 
 SOURCE = "wan_latent_clips"
 FILE_FORMAT = "array_record"
+SKIPPED_FILE = "skipped_clips.json"   # beside dataset_info.json: the clips left out, and why
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class LatentClipsConfig(tfds.core.BuilderConfig):
@@ -118,6 +120,7 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, encoder: LatentEncoder, text_encoder: Any = None, **kwargs: Any):
     self._encoder, self._text_encoder = encoder, text_encoder
+    self.skipped: list[dict[str, Any]] = []     # clips left out, and why (SKIPPED_FILE)
     config: LatentClipsConfig = kwargs["config"]
     self._source_version_dir, self._source = pipeline._open_builder(config.source_dir)  # pylint: disable=protected-access
     self._source_metadata = dict(self._source.info.metadata or {})
@@ -161,12 +164,23 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split) for split in self._source.info.splits}
 
   def _generate_examples(self, split: str):
+    from tqdm import tqdm
     source = pipeline.CheckedSource(self._source.as_data_source(split),
                                     f"{self._source_version_dir}[{split}]")
     batch = self.builder_config.batch_size
     total = len(source)
-    for start in range(0, total, batch):
-      records = [source[i] for i in range(start, min(start + batch, total))]
+    progress = tqdm(total=total, desc=f"VAE {split}", unit="clip")
+    index = 0
+    while index < total:
+      records = []
+      while len(records) < batch and index < total:
+        try:
+          records.append(source[index])
+        except pipeline.CorruptRecordError as e:   # skipped and reported, not fatal
+          self.skipped.append(dict(split=split, index=index, reason=str(e)))
+        index += 1
+      if not records:
+        continue
       n = len(records)
       # Video and motion of the batch in one call (the same VAE), padded to a constant
       # batch so that one program serves every batch.
@@ -181,12 +195,17 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
         embeddings, masks = self._text_encoder(captions + [""] * (batch - n))
       for i, record in enumerate(records):
         key = pipeline._text(record["clip_id"])  # pylint: disable=protected-access
+        if not (np.isfinite(latents[i]).all() and np.isfinite(latents[n + i]).all()):
+          self.skipped.append(dict(split=split, clip_id=key, reason="non-finite latents"))
+          continue
         example = {"video": latents[i], "motion": latents[n + i], "caption": captions[i],
                    "clip_id": key}
         if self._text_encoder is not None:
           example[pipeline.TEXT_EMBEDDING] = embeddings[i][:int(masks[i].sum())]
         yield key, example
-      logging.info("%s: encoded %d / %d clips", split, start + n, total)
+      progress.update(index - progress.n)
+      logging.info("%s: encoded %d / %d clips", split, index, total)
+    progress.close()
 
 
 def build(config: ml_collections.ConfigDict) -> str:
@@ -220,6 +239,10 @@ def build(config: ml_collections.ConfigDict) -> str:
     return path
   tfds_prepare.prepare(builder)
   splits = builder.info.splits
+  (epath.Path(path) / SKIPPED_FILE).write_text(json.dumps(builder.skipped, indent=2) + "\n")
   print(f"Wrote {path}: " + ", ".join(f"{s}: {splits[s].num_examples}" for s in splits)
-        + f" clips of latents {builder._latent_shape}")  # pylint: disable=protected-access
+        + f" clips of latents {builder._latent_shape}"  # pylint: disable=protected-access
+        + f"; {len(builder.skipped)} skipped (listed in {SKIPPED_FILE})")
+  for item in builder.skipped[:10]:
+    print(f"  skipped {item}")
   return path

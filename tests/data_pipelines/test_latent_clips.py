@@ -4,6 +4,8 @@ The VAE is the diffusers fixture (tests/fixtures/wan/vae: z_dim 4, 4x time and 8
 space compression), so 5-frame 16 x 16 clips become 2 x 2 x 2 x 4 latents.
 """
 
+import json
+import pathlib
 import re
 import shutil
 import subprocess
@@ -176,3 +178,24 @@ def test_real_videos_become_latent_clips(tmp_path):
   with pytest.raises(ValueError, match="holds no caption embeddings and data.text_embeddings"):
     pipeline.create_dataset(config.data, "train", batch_size=1,
                             captions=text_lib.CaptionInputs(text, ""))
+
+
+def test_undecodable_source_clips_are_skipped_and_reported(tmp_path, capsys, monkeypatch):
+  config = config_for(tmp_path)
+  # Record 2 of train fails to decode as a corrupt shard makes it fail (CheckedSource's
+  # error; tests/data/test_pipeline.py corrupts real bytes, which here would take the
+  # whole tiny shard's only chunk with it).
+  read = pipeline.CheckedSource.__getitem__
+
+  def failing(self, index):
+    if "[train]" in self._name and index == 2:
+      raise pipeline.CorruptRecordError(f"record 2 of {self._name} cannot be decoded (test)")
+    return read(self, index)
+  monkeypatch.setattr(pipeline.CheckedSource, "__getitem__", failing)
+  version_dir = latent_clips.build(config)
+  skipped = json.loads((pathlib.Path(version_dir) / latent_clips.SKIPPED_FILE).read_text())
+  assert [(s["split"], s["index"]) for s in skipped] == [("train", 2)]
+  assert "cannot be decoded" in skipped[0]["reason"]
+  built = tfds.builder_from_directory(version_dir)
+  assert len(built.as_data_source("train")) == 5 and len(built.as_data_source("validation")) == 2
+  assert f"1 skipped (listed in {latent_clips.SKIPPED_FILE})" in capsys.readouterr().out

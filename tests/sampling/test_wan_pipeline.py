@@ -161,6 +161,18 @@ def test_a_retrofitted_export_samples_the_base_video(jam_pipeline_dir, pipeline,
   assert motion is not None and motion.shape == latents.shape
 
 
+def generate_one(pipeline_dir, out):
+  """`generate` of one tiny prompt (seed 0) from `pipeline_dir` into `out`."""
+  result = subprocess.run(
+      [sys.executable, "-m", "videojam_jax.generate", "--config", "configs/wan21_generate.py",
+       f"--workdir={out}", f"--config.pipeline_dir={pipeline_dir}",
+       "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
+       "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
+       "--config.dtype=float32", "--config.max_sequence_length=16"],
+      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipeline_dir,
                                                                        pipeline, tmp_path):
   jam = wan_pipeline.WanPipeline(jam_pipeline_dir["trained"], pipeline.plan,
@@ -173,14 +185,7 @@ def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipe
                               settings=dataclasses.replace(settings, guidance="cfg"))
   assert np.abs(guided - cfg).max() > 1e-3          # the motion term changes the result
   out = tmp_path / "out"
-  result = subprocess.run(
-      [sys.executable, "-m", "videojam_jax.generate", "--config", "configs/wan21_generate.py",
-       f"--workdir={out}", f"--config.pipeline_dir={jam_pipeline_dir['trained']}",
-       "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
-       "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
-       "--config.dtype=float32", "--config.max_sequence_length=16"],
-      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  generate_one(jam_pipeline_dir["trained"], out)
   frames = iio.imread(out / "sample_000.mp4", plugin="pyav")
   assert frames.shape == (5, 16, 2 * 16 + 2, 3)      # video | gap | motion
   record = json.loads((out / "samples.json").read_text())
@@ -190,14 +195,7 @@ def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipe
   assert all(np.isfinite(v) for v in metrics.values())
   # The base pipeline on the same prompt and seed, and the page of both.
   base = tmp_path / "base"
-  result = subprocess.run(
-      [sys.executable, "-m", "videojam_jax.generate", "--config", "configs/wan21_generate.py",
-       f"--workdir={base}", f"--config.pipeline_dir={PIPELINE}",
-       "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
-       "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
-       "--config.dtype=float32", "--config.max_sequence_length=16"],
-      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  generate_one(PIPELINE, base)
   html_path = tmp_path / "page" / "index.html"
   result = subprocess.run(
       [sys.executable, "-m", "videojam_jax.compare", f"--out={html_path}",

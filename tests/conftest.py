@@ -45,6 +45,24 @@ TINY_TRAIN_CLIPS, TINY_EVAL_CLIPS = 16, 4
 # cost more than they save (halves the compile of a forward pass on 2 CPU cores).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 CAPTIONS = ("a red ball bounces to the left", "a blue square falls")
+# One XLA compilation cache for every subprocess the tests start (train, evaluate,
+# generate, export): reruns and resumes compile the same programs, often across test
+# modules. Keys cover the program, flags and backend, so a hit is the same program.
+# Made by the first process (pytest-xdist's controller, or pytest alone); its workers
+# inherit the folder through the environment, and the first process removes it.
+_OWNS_XLA_CACHE = "VIDEOJAM_TEST_XLA_CACHE" not in os.environ
+if _OWNS_XLA_CACHE:
+  os.environ["VIDEOJAM_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="videojam_xla_cache_")
+SUBPROCESS_XLA_CACHE = os.environ["VIDEOJAM_TEST_XLA_CACHE"]
+
+
+def subprocess_env() -> dict[str, str]:
+  """The environment for the real entry points run as subprocesses: this checkout on
+  the path, the CPU, and the shared compilation cache (every program cached)."""
+  return dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=SUBPROCESS_XLA_CACHE,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def tiny_config(dataset_dir: str = "", *, jam: bool = True) -> ml_collections.ConfigDict:
@@ -195,7 +213,10 @@ def started_command(fixture_name: str) -> BackgroundCommand:
 
 
 def pytest_collection_finish(session):
-  if session.config.option.collectonly:
+  # Under pytest-xdist every worker collects every test but runs only some: starting
+  # their commands early would run each once per worker. The workers already run
+  # side by side; there the commands start when a test first needs them.
+  if session.config.option.collectonly or os.environ.get("PYTEST_XDIST_WORKER"):
     return
   used = {name for item in session.items for name in getattr(item, "fixturenames", ())}
   for name in _EARLY_STARTERS:
@@ -206,6 +227,8 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session):
   while _STARTED:
     _STARTED.popitem()[1].stop()
+  if _OWNS_XLA_CACHE:
+    shutil.rmtree(SUBPROCESS_XLA_CACHE, ignore_errors=True)
 
 
 # Python source that hides TensorFlow the way an image without it does: `import

@@ -20,13 +20,16 @@ from videojam_jax.training import checkpoints
 
 from tests.conftest import HIDE_TENSORFLOW
 from tests.conftest import REPO
+from tests.conftest import SUBPROCESS_XLA_CACHE
+from tests.conftest import subprocess_env
 STEP_LINE = re.compile(r"\[(\d+)\] train/.*train/loss=")
 
 
 @pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """One XLA cache for all runs here: the same programs are compiled only once."""
-  return str(tmp_path_factory.mktemp("xla_cache"))
+def compile_cache():
+  """The XLA cache of every test's subprocesses, given through the config here (the
+  way a user sets it): the same programs are compiled only once."""
+  return SUBPROCESS_XLA_CACHE
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +47,9 @@ def train_command(workdir, common_args, *overrides):
           f"--workdir={workdir}", *common_args, *overrides]
 
 
-def env():
-  # Every run here compiles the same programs (same shapes and num_steps): cache
-  # them all, and skip XLA's slow optimisations, which cost more than they save
-  # on models this small.
-  e = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  return e
-
-
 def run_train(workdir, common_args, *overrides):
-  result = subprocess.run(train_command(workdir, common_args, *overrides), cwd=REPO, env=env(),
+  result = subprocess.run(train_command(workdir, common_args, *overrides), cwd=REPO,
+                          env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stderr
@@ -96,7 +89,7 @@ def test_sigterm_then_restart_matches_uninterrupted_run(tmp_path, common_args):
   interrupted = tmp_path / "interrupted"
   every_step = "--config.train.checkpoint_every=1"
   proc = subprocess.Popen(train_command(interrupted, common_args, every_step),
-                          cwd=REPO, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                          cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   log = []
   deadline = time.time() + 240
   for line in proc.stderr:
@@ -146,7 +139,7 @@ def test_trains_and_writes_tensorboard_events_without_tensorflow(tmp_path, commo
   argv = train_command(workdir, common_args, "--config.train.num_steps=3",
                        "--config.evals.samples.every_steps=3")[3:]   # drop python -m module
   result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *argv], cwd=REPO,
-                          env=env(), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
   assert "TENSORFLOW_MODULES []" in result.stdout
   assert "TensorFlow is not available" in result.stderr and "tensorboardX" in result.stderr

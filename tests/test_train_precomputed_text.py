@@ -20,7 +20,7 @@ import pytest
 from configs import tiny
 from data_pipelines import build_synthetic
 from tests.conftest import REPO
-from tests.test_train_e2e import env
+from tests.conftest import subprocess_env
 from videojam_jax.data import pipeline
 from videojam_jax.data import text as text_lib
 from videojam_jax.training import checkpoints
@@ -51,6 +51,8 @@ def command(dataset, workdir, embeddings):
   return [sys.executable, "-m", "videojam_jax.train", "--config", "configs/tiny.py",
           f"--workdir={workdir}", f"--config.data.dataset_dir={dataset}",
           "--config.compilation_cache_dir=", "--config.model.text.source=precomputed",
+          # Constant LR and tensorboardX: see tests/test_train_wan.py's run().
+          "--config.optim.schedule=constant", "--config.train.metric_writer=tensorboardx",
           f"--config.model.text.max_length={MAX_LENGTH}",
           f"--config.model.text.embedding_dim={DIM}", f"--config.data.text_embeddings={embeddings}",
           f"--config.train.num_steps={NUM_STEPS}", "--config.train.log_every=5",
@@ -67,7 +69,7 @@ def test_precomputed_text_run_samples_and_finishes(dataset, tmp_path):
   embeddings = tmp_path / "emb.npz"
   write_embeddings(embeddings, all_captions(dataset))
   workdir = tmp_path / "run"
-  result = subprocess.run(command(dataset, workdir, embeddings), cwd=REPO, env=env(),
+  result = subprocess.run(command(dataset, workdir, embeddings), cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
   out = workdir / "samples" / f"step_{NUM_STEPS:06d}"
@@ -103,7 +105,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step(dataset, tmp_path):
   embeddings = tmp_path / "emb.npz"
   write_embeddings(embeddings, all_captions(dataset), poisoned=caption)
   workdir = tmp_path / "run"
-  result = subprocess.run(command(dataset, workdir, embeddings), cwd=REPO, env=env(),
+  result = subprocess.run(command(dataset, workdir, embeddings), cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode != 0
   last_good = bad_step - 1

@@ -19,7 +19,8 @@ import pytest
 
 # common_args and compile_cache are fixtures: imported so that pytest finds them here.
 from tests.test_train_e2e import (REPO, STEP_LINE, _flatten, common_args, compile_cache,  # pylint: disable=unused-import
-                                  env, logged_losses, run_train, train_command)
+                                  logged_losses, run_train, train_command)
+from tests.conftest import subprocess_env
 from videojam_jax.training import checkpoints
 
 NUM_STEPS = 12           # configs/tiny.py: train.num_steps
@@ -85,7 +86,7 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(reference, t
   workdir = tmp_path / "killed"
   # Saving every step keeps a save in flight most of the time.
   proc = subprocess.Popen(train_command(workdir, common_args, "--config.train.checkpoint_every=1"),
-                          cwd=REPO, env=env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                          cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
   log = []
   deadline = time.time() + 240
   try:

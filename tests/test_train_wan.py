@@ -8,6 +8,7 @@ on real Wan weights would have them.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from configs import wan_tiny
 from data_pipelines import build_synthetic
 from data_pipelines import caption_embeddings
 from tests.conftest import REPO
-from tests.test_train_e2e import env
+from tests.conftest import subprocess_env
 from videojam_jax.model import dit
 from videojam_jax.model import diffusers_format as fmt
 from videojam_jax.model import functional
@@ -65,35 +66,49 @@ def run(dataset, workdir, *overrides):
              f"--workdir={workdir}", f"--config.data.dataset_dir={dataset_dir}",
              f"--config.data.text_embeddings={embeddings}",
              *[f"--config.model.text.{k}={v}" for k, v in TEXT.items()],
+             # A constant learning rate (the paper's recipe) keeps num_steps out of the
+             # compiled step, so the shared XLA cache serves resumes and later runs too;
+             # tensorboardX spares each run the TensorFlow import (clu's writer is
+             # tested by tests/test_train_e2e.py).
+             "--config.optim.schedule=constant", "--config.train.metric_writer=tensorboardx",
              "--config.compilation_cache_dir=", "--config.train.checkpoint_every=2",
              f"--config.evals.samples.every_steps={NUM_STEPS}",
              f"--config.evals.heldout.every_steps={NUM_STEPS}", *overrides]
-  result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
   return result.stderr
 
 
-def test_wan_trains_evaluates_samples_and_resumes(dataset, tmp_path):
-  workdir = tmp_path / "run"
-  log = run(dataset, workdir, f"--config.train.num_steps={NUM_STEPS}")
-  assert json.loads((workdir / "config.json").read_text())["model"]["family"] == "wan"
+@pytest.fixture(scope="module")
+def base_run(dataset, tmp_path_factory):
+  """A base Wan trained NUM_STEPS steps with held-out loss and samples: what a user's
+  downloaded Wan stands for in the retrofit and LoRA tests; (workdir, its log)."""
+  base = tmp_path_factory.mktemp("base") / "run"
+  return base, run(dataset, base, f"--config.train.num_steps={NUM_STEPS}")
+
+
+def test_wan_trains_evaluates_samples_and_resumes(dataset, base_run, tmp_path):
+  base, log = base_run
+  assert json.loads((base / "config.json").read_text())["model"]["family"] == "wan"
   losses = [float(x) for x in re.findall(r"train/loss=([0-9.]+)", log)]
   assert len(losses) == NUM_STEPS and all(np.isfinite(losses))
   assert re.search(rf"\[{NUM_STEPS}\] heldout/video_loss=", log)
   assert re.search(rf"\[{NUM_STEPS}\] samples/.*warping_error=", log)
-  out = workdir / "samples" / f"step_{NUM_STEPS:06d}"
+  out = base / "samples" / f"step_{NUM_STEPS:06d}"
   assert sorted(os.listdir(out)) == ["captions.txt", "sample_00.mp4", "sample_01.mp4"]
   # The checkpoint holds the Wan transformer's parameters under their names.
-  params = checkpoints.params_metadata(workdir, "params")
+  params = checkpoints.params_metadata(base, "params")
   assert "transformer" in params and "blocks" in params["transformer"]
-  # Resume: two more steps from the saved step.
+  # Resume: two more steps from the saved step (in a copy: the base run stays as it was).
+  workdir = tmp_path / "run"
+  shutil.copytree(base, workdir)
   log = run(dataset, workdir, f"--config.train.num_steps={NUM_STEPS + 2}")
   steps = [int(s) for s in re.findall(r"\[(\d+)\] train/.*train/loss=", log)]
   assert steps == [NUM_STEPS + 1, NUM_STEPS + 2]
   # Export: a diffusers WanTransformer3DModel folder holding the checkpoint's weights.
   out = tmp_path / "exported"
   result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={workdir}",
-                           f"--out={out}", "--weights=params"], cwd=REPO, env=env(),
+                           f"--out={out}", "--weights=params"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((out / "config.json").read_text())
@@ -107,17 +122,9 @@ def test_wan_trains_evaluates_samples_and_resumes(dataset, tmp_path):
   reader.close()
 
 
-@pytest.fixture(scope="module")
-def base_run(dataset, tmp_path_factory):
-  """A base Wan trained 2 steps: what a user's downloaded Wan stands for here."""
-  base = tmp_path_factory.mktemp("base")
-  run(dataset, base, "--config.train.num_steps=2")
-  return base
-
-
 def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guidance_and_exports(
     dataset, base_run, tmp_path):
-  base = base_run
+  base, _ = base_run
   jam = tmp_path / "jam"
   log = run(dataset, jam, "--config.train.num_steps=2", f"--config.train.init_from={base}",
             "--config.train.init_from_weights=params", "--config.model.jam=True",
@@ -131,7 +138,7 @@ def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guid
   assert "motion_patch_embedding" in params and "motion_proj_out" in params
   out = tmp_path / "exported"
   result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={jam}",
-                           f"--out={out}"], cwd=REPO, env=env(), capture_output=True, text=True,
+                           f"--out={out}"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.loads((out / "config.json").read_text())
@@ -148,7 +155,7 @@ def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guid
   result = subprocess.run([sys.executable, "-m", "videojam_jax.evaluate", "--config",
                            "configs/eval_quickstart.py", f"--workdir={page}",
                            *[f"--config.{k}={v}" for k, v in overrides.items()]],
-                          cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "3 setting(s) sampled, 0 reused, 1 skipped" in result.stdout
   html = (page / "index.html").read_text()
@@ -157,6 +164,7 @@ def test_a_base_wan_run_retrofits_to_wan_videojam_trains_samples_with_inner_guid
 
 def test_lora_wan_videojam_trains_from_a_base_resumes_and_exports_with_adapters_folded(
     dataset, base_run, tmp_path):
+  base_run, _ = base_run
   lora = tmp_path / "lora"
   overrides = ["--config.model.jam=True", "--config.model.lora.rank=4",
                "--config.model.lora.alpha=8", "--config.model.lora.frozen_dtype=bfloat16",
@@ -182,7 +190,7 @@ def test_lora_wan_videojam_trains_from_a_base_resumes_and_exports_with_adapters_
   # Export folds the adapters: W + (alpha / rank) A B, as a plain 6-channel transformer.
   out = tmp_path / "exported"
   result = subprocess.run([sys.executable, "-m", "videojam_jax.export", f"--workdir={lora}",
-                           f"--out={out}", "--weights=params"], cwd=REPO, env=env(),
+                           f"--out={out}", "--weights=params"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads((out / "config.json").read_text())["in_channels"] == 6

@@ -20,7 +20,7 @@ import pytest
 
 from configs import wan21_generate
 from tests.conftest import REPO
-from tests.test_train_e2e import env
+from tests.conftest import subprocess_env
 from videojam_jax.evaluation import generated_page
 from videojam_jax.parallel import sharding
 from videojam_jax.sampling import sampler as sampler_lib
@@ -108,7 +108,7 @@ def test_generate_entry_point_writes_mp4s(tmp_path):
        "--config.num_frames=5", "--config.height=16", "--config.width=32",
        "--config.sample.num_steps=2", "--config.batch_size=2", "--config.dtype=float32",
        "--config.max_sequence_length=16"],
-      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert sorted(p.name for p in out.iterdir()) == [
       "sample_000.mp4", "sample_001.mp4", "sample_002.mp4", "samples.json"]
@@ -169,7 +169,7 @@ def generate_one(pipeline_dir, out):
        "--config.prompts=('a red ball bounces',)", "--config.num_frames=5",
        "--config.height=16", "--config.width=16", "--config.sample.num_steps=2",
        "--config.dtype=float32", "--config.max_sequence_length=16"],
-      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -200,7 +200,7 @@ def test_wan_videojam_generates_with_inner_guidance_video_beside_motion(jam_pipe
   result = subprocess.run(
       [sys.executable, "-m", "videojam_jax.compare", f"--out={html_path}",
        f"--samples=base={base}", f"--samples=videojam={out}"],
-      cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   html = html_path.read_text()
   assert "<th>base</th><th>videojam</th>" in html and "mean warping_error" in html

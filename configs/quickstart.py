@@ -42,6 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
   # encode, the Wan VAE folder (or pipeline) to encode it with (also checked against
   # a latent dataset's metadata when training), clips per VAE call.
   config.data.latents = ml_collections.ConfigDict(dict(source_dir="", vae="", batch_size=8))
+  # The build resumes by chunks of this many clips (a multiple of batch_size; each
+  # process of a multi-host job encodes every process_count-th chunk), kept in
+  # work_dir ("" = <dataset_dir>/wan_latent_clips_encoding/<name>) until written.
+  config.data.latents.chunk_clips = 32
+  config.data.latents.work_dir = ""
   # A Wan pipeline folder: the records also carry each caption's umT5 embedding (then
   # data.text_embeddings is not needed); "": captions only.
   config.data.latents.text_encoder = ""

@@ -20,13 +20,25 @@ pixel sizes and the source dataset (and, with text, `text_embedding_dim`,
 one jitted program, pixels read once per clip (video and motion in one VAE call).
 
   <data_dir>/wan_latent_clips/<source config>-vae<hash>/1.0.0/
+
+The build has two stages, so that it resumes and splits over the hosts of a job:
+
+1. Encode. Each split's clips are cut into chunks of `data.latents.chunk_clips`;
+   process p of P encodes the chunks c with c % P == p, on its own devices, and
+   writes each one whole (`ChunkStore`, under `data.latents.work_dir`, by default
+   <data_dir>/wan_latent_clips_encoding/<name>/). A rerun skips the chunks that are
+   there: an interrupted build loses at most one chunk per process.
+2. Write. Once every process is done, process 0 writes the TFDS dataset from the
+   chunks, in source order, and removes the work dir.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -36,8 +48,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from data_pipelines import tfds_prepare
+from videojam_jax import files
 from videojam_jax.data import clip_records
 from videojam_jax.data import frames
 from videojam_jax.data import pipeline
@@ -50,6 +64,13 @@ from videojam_jax.parallel import sharding
 SOURCE = "wan_latent_clips"
 FILE_FORMAT = "array_record"
 SKIPPED_FILE = "skipped_clips.json"   # beside dataset_info.json: the clips left out, and why
+WORK_FOLDER = "wan_latent_clips_encoding"   # <data_dir>/<this>/<name>/: the encode stage
+IDENTITY_FILE = "identity.json"             # in the work dir: what its chunks were encoded from
+
+
+class EncodingWorkDirError(ValueError):
+  """The encode stage's work dir holds chunks of another build."""
+
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class LatentClipsConfig(tfds.core.BuilderConfig):
@@ -57,6 +78,7 @@ class LatentClipsConfig(tfds.core.BuilderConfig):
   vae_dir: str
   vae_sha256: str
   batch_size: int
+  chunk_clips: int
   text_encoder_dir: str = ""
   text_max_length: int = 0
 
@@ -101,9 +123,106 @@ class LatentEncoder:
           f"clips are {num_frames} frames of {height}x{width}: rebuild them at such a size")
     return (1 + (num_frames - 1) // ct, height // cs, width // cs, self.config.z_dim)
 
+  def check_batch(self, batch: int) -> None:
+    """Clear error unless a call of `batch` clips splits evenly over the encoder's devices."""
+    self.plan.check_batch_divisible(batch, "2 x data.latents.batch_size (video and motion)")
+
   def __call__(self, clips: np.ndarray) -> np.ndarray:
     with self.plan.active():
-      return np.asarray(jax.device_get(self._encode(self.params, frames.to_model_space(clips))))
+      x = jax.device_put(frames.to_model_space(clips), self.plan.batch_sharding(clips.ndim))
+      return np.asarray(jax.device_get(self._encode(self.params, x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Share:
+  """The chunks one process encodes: every process_count-th, from process_index."""
+  process_index: int = 0
+  process_count: int = 1
+
+  @classmethod
+  def of_this_process(cls) -> "Share":
+    return cls(jax.process_index(), jax.process_count())
+
+  def owns(self, chunk: int) -> bool:
+    return chunk % self.process_count == self.process_index
+
+
+def chunk_ranges(num_clips: int, chunk_clips: int) -> list[range]:
+  """The source indices of each chunk of a split, in order."""
+  return [range(start, min(num_clips, start + chunk_clips))
+          for start in range(0, num_clips, chunk_clips)]
+
+
+class ChunkStore:
+  """The encode stage's results: <root>/<split>/chunk-00000.npz, each written whole.
+
+  A chunk holds its clips' records (latents, caption, clip id, text embedding
+  padded to the chunk's longest, with its lengths) and the clips it skipped. It is
+  written with files.atomic_write, so a chunk is there entirely or not at all.
+  """
+
+  def __init__(self, root: epath.PathLike):
+    self.root = epath.Path(root)
+
+  def path(self, split: str, chunk: int) -> epath.Path:
+    return self.root / split / f"chunk-{chunk:05d}.npz"
+
+  def has(self, split: str, chunk: int) -> bool:
+    return self.path(split, chunk).exists()
+
+  def check_identity(self, identity: dict[str, Any]) -> None:
+    """Claims the work dir for this build, or refuses one that another build started."""
+    path = self.root / IDENTITY_FILE
+    if path.exists():
+      found = json.loads(path.read_text())
+      if found != identity:
+        differ = {k: (found.get(k), identity.get(k))
+                  for k in sorted(set(found) | set(identity)) if found.get(k) != identity.get(k)}
+        raise EncodingWorkDirError(
+            f"{self.root} holds latents encoded for another build (differs in: "
+            + "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+            + "). Remove it, or set data.latents.work_dir to another folder.")
+      return
+    self.root.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+
+  def write(self, split: str, chunk: int, examples: Sequence[dict[str, Any]],
+            skipped: Sequence[dict[str, Any]]) -> None:
+    arrays: dict[str, np.ndarray] = dict(skipped=np.asarray(json.dumps(list(skipped))))
+    if examples:
+      for key in ("video", "motion"):
+        arrays[key] = np.stack([e[key] for e in examples])
+      for key in ("caption", "clip_id"):
+        arrays[key] = np.asarray([e[key] for e in examples], dtype=str)
+      if pipeline.TEXT_EMBEDDING in examples[0]:
+        texts = [e[pipeline.TEXT_EMBEDDING] for e in examples]
+        lengths = np.asarray([len(t) for t in texts], np.int32)
+        padded = np.zeros((len(texts), int(lengths.max()), texts[0].shape[-1]), np.float32)
+        for i, t in enumerate(texts):
+          padded[i, :len(t)] = t
+        arrays[pipeline.TEXT_EMBEDDING], arrays["text_length"] = padded, lengths
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    self.path(split, chunk).parent.mkdir(parents=True, exist_ok=True)
+    files.atomic_write(self.path(split, chunk), buffer.getvalue())
+
+  def read(self, split: str, chunk: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records, skipped) of one chunk."""
+    with self.path(split, chunk).open("rb") as f, np.load(f) as data:
+      skipped = json.loads(str(data["skipped"]))
+      if "video" not in data:
+        return [], skipped
+      examples = []
+      for i in range(len(data["video"])):
+        example = {"video": data["video"][i], "motion": data["motion"][i],
+                   "caption": str(data["caption"][i]), "clip_id": str(data["clip_id"][i])}
+        if pipeline.TEXT_EMBEDDING in data:
+          example[pipeline.TEXT_EMBEDDING] = data[pipeline.TEXT_EMBEDDING][i][:data["text_length"][i]]
+        examples.append(example)
+    return examples, skipped
+
+  def remove(self) -> None:
+    self.root.rmtree(missing_ok=True)
 
 
 class WanLatentClips(tfds.core.GeneratorBasedBuilder):
@@ -121,6 +240,7 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
   def __init__(self, *, encoder: LatentEncoder, text_encoder: Any = None, **kwargs: Any):
     self._encoder, self._text_encoder = encoder, text_encoder
     self.skipped: list[dict[str, Any]] = []     # clips left out, and why (SKIPPED_FILE)
+    self.store: ChunkStore | None = None         # the encoded chunks the dataset is written from
     config: LatentClipsConfig = kwargs["config"]
     self._source_version_dir, self._source = pipeline._open_builder(config.source_dir)  # pylint: disable=protected-access
     self._source_metadata = dict(self._source.info.metadata or {})
@@ -159,64 +279,127 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
             source_metadata={k: v for k, v in m.items() if isinstance(v, (int, float, str))},
             **text))
 
+  def identity(self) -> dict[str, Any]:
+    """What the encode stage's chunks depend on (kept in the work dir, checked on reruns)."""
+    c = self.builder_config
+    return dict(source_dataset=self._source_version_dir, vae_sha256=c.vae_sha256,
+                text_encoder=c.text_encoder_dir, text_max_length=c.text_max_length,
+                chunk_clips=c.chunk_clips, latent_shape=list(self._latent_shape),
+                splits={s: int(info.num_examples) for s, info in self._source.info.splits.items()})
+
+  def encode(self, store: ChunkStore, share: Share = Share()) -> None:
+    """Stage 1: encodes this process's chunks of every split that `store` lacks."""
+    from tqdm import tqdm
+    chunk_clips, batch = self.builder_config.chunk_clips, self.builder_config.batch_size
+    who = f" (process {share.process_index} of {share.process_count})" if share.process_count > 1 else ""
+    for split in self._source.info.splits:
+      source = pipeline.CheckedSource(self._source.as_data_source(split),
+                                      f"{self._source_version_dir}[{split}]")
+      mine = [(c, r) for c, r in enumerate(chunk_ranges(len(source), chunk_clips)) if share.owns(c)]
+      todo = [(c, r) for c, r in mine if not store.has(split, c)]
+      if len(todo) < len(mine):
+        print(f"{split}{who}: {len(mine) - len(todo)} of {len(mine)} chunks already encoded in "
+              f"{store.root}; encoding the other {len(todo)}")
+      progress = tqdm(total=sum(len(r) for _, r in mine), unit="clip", desc=f"VAE {split}{who}",
+                      initial=sum(len(r) for _, r in mine) - sum(len(r) for _, r in todo))
+      for chunk, indices in todo:
+        examples, skipped = [], []
+        for start in range(indices.start, indices.stop, batch):
+          batch_indices = range(start, min(indices.stop, start + batch))
+          done, left_out = self._encode_batch(source, split, batch_indices)
+          examples += done
+          skipped += left_out
+          progress.update(len(batch_indices))
+        store.write(split, chunk, examples, skipped)
+        logging.info("%s%s: chunk %d (clips %d..%d) encoded", split, who, chunk, indices.start,
+                     indices.stop - 1)
+      progress.close()
+
+  def missing_chunks(self, store: ChunkStore) -> list[str]:
+    return [str(store.path(split, c)) for split in self._source.info.splits
+            for c, _ in enumerate(chunk_ranges(int(self._source.info.splits[split].num_examples),
+                                               self.builder_config.chunk_clips))
+            if not store.has(split, c)]
+
+  def _encode_batch(self, source: pipeline.CheckedSource, split: str,
+                    indices: range) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records, skipped clips) of source[indices]: pixels read once, one VAE call."""
+    batch = self.builder_config.batch_size
+    records, skipped = [], []
+    for index in indices:
+      try:
+        records.append(source[index])
+      except pipeline.CorruptRecordError as e:   # skipped and reported, not fatal
+        skipped.append(dict(split=split, index=index, reason=str(e)))
+    if not records:
+      return [], skipped
+    n = len(records)
+    # Video and motion of the batch in one call (the same VAE), padded to a constant
+    # batch so that one program serves every batch.
+    clips = np.stack([r["video"] for r in records] + [r["motion"] for r in records])
+    pad = 2 * batch - len(clips)
+    if pad:
+      clips = np.concatenate([clips, np.repeat(clips[:1], pad, axis=0)])
+    latents = self._encoder(clips)
+    captions = [pipeline._text(r["caption"]) for r in records]  # pylint: disable=protected-access
+    if self._text_encoder is not None:
+      # Constant batch shape (one compile): the last batch padded with empty captions.
+      embeddings, masks = self._text_encoder(captions + [""] * (batch - n))
+    examples = []
+    for i, record in enumerate(records):
+      key = pipeline._text(record["clip_id"])  # pylint: disable=protected-access
+      if not (np.isfinite(latents[i]).all() and np.isfinite(latents[n + i]).all()):
+        skipped.append(dict(split=split, clip_id=key, reason="non-finite latents"))
+        continue
+      example = {"video": latents[i], "motion": latents[n + i], "caption": captions[i],
+                 "clip_id": key}
+      if self._text_encoder is not None:
+        example[pipeline.TEXT_EMBEDDING] = embeddings[i][:int(masks[i].sum())]
+      examples.append(example)
+    return examples, skipped
+
   def _split_generators(self, dl_manager):
     del dl_manager
+    if self.store is None:
+      raise RuntimeError("WanLatentClips writes from encoded chunks: set .store, run .encode")
     return {split: self._generate_examples(split) for split in self._source.info.splits}
 
   def _generate_examples(self, split: str):
-    from tqdm import tqdm
-    source = pipeline.CheckedSource(self._source.as_data_source(split),
-                                    f"{self._source_version_dir}[{split}]")
-    batch = self.builder_config.batch_size
-    total = len(source)
-    progress = tqdm(total=total, desc=f"VAE {split}", unit="clip")
-    index = 0
-    while index < total:
-      records = []
-      while len(records) < batch and index < total:
-        try:
-          records.append(source[index])
-        except pipeline.CorruptRecordError as e:   # skipped and reported, not fatal
-          self.skipped.append(dict(split=split, index=index, reason=str(e)))
-        index += 1
-      if not records:
-        continue
-      n = len(records)
-      # Video and motion of the batch in one call (the same VAE), padded to a constant
-      # batch so that one program serves every batch.
-      clips = np.stack([r["video"] for r in records] + [r["motion"] for r in records])
-      pad = 2 * batch - len(clips)
-      if pad:
-        clips = np.concatenate([clips, np.repeat(clips[:1], pad, axis=0)])
-      latents = self._encoder(clips)
-      captions = [pipeline._text(r["caption"]) for r in records]  # pylint: disable=protected-access
-      if self._text_encoder is not None:
-        # Constant batch shape (one compile): the last batch padded with empty captions.
-        embeddings, masks = self._text_encoder(captions + [""] * (batch - n))
-      for i, record in enumerate(records):
-        key = pipeline._text(record["clip_id"])  # pylint: disable=protected-access
-        if not (np.isfinite(latents[i]).all() and np.isfinite(latents[n + i]).all()):
-          self.skipped.append(dict(split=split, clip_id=key, reason="non-finite latents"))
-          continue
-        example = {"video": latents[i], "motion": latents[n + i], "caption": captions[i],
-                   "clip_id": key}
-        if self._text_encoder is not None:
-          example[pipeline.TEXT_EMBEDDING] = embeddings[i][:int(masks[i].sum())]
-        yield key, example
-      progress.update(index - progress.n)
-      logging.info("%s: encoded %d / %d clips", split, index, total)
-    progress.close()
+    """Stage 2: the split's records from the chunks, in source order."""
+    num_clips = int(self._source.info.splits[split].num_examples)
+    for chunk, _ in enumerate(chunk_ranges(num_clips, self.builder_config.chunk_clips)):
+      examples, skipped = self.store.read(split, chunk)
+      self.skipped += skipped
+      for example in examples:
+        yield example["clip_id"], example
 
 
-def build(config: ml_collections.ConfigDict) -> str:
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def build(config: ml_collections.ConfigDict, *, share: Share | None = None,
+          sync: Callable[[str], None] = _sync_processes) -> str:
   """Encodes config.data.latents.source_dir with config.data.latents.vae into
-  config.data.dataset_dir, unless already built; returns the version directory."""
+  config.data.dataset_dir, unless already built; returns the version directory.
+
+  Every process of a job runs this: each encodes its `share` of the chunks (default:
+  this process's), `sync` waits for all of them, and process 0 writes the dataset.
+  """
   latents = config.data.latents
   if not latents.source_dir or not latents.vae:
     raise ValueError("set config.data.latents.source_dir (a pixel clip dataset) and "
                      "config.data.latents.vae (a Wan VAE folder or pipeline)")
-  plan = sharding.ShardingPlan.from_config(config.mesh)
+  batch, chunk_clips = int(latents.batch_size), int(latents.get("chunk_clips", 32))
+  if batch < 1 or chunk_clips < 1 or chunk_clips % batch:
+    raise ValueError(f"data.latents.chunk_clips={chunk_clips} must be a positive multiple of "
+                     f"data.latents.batch_size={batch}")
+  share = share or Share.of_this_process()
+  # Each process encodes its own chunks on its own devices: config.mesh over them.
+  plan = sharding.ShardingPlan.from_config(config.mesh, devices=jax.local_devices())
   encoder = LatentEncoder(latents.vae, plan)
+  encoder.check_batch(2 * batch)
   source_version_dir = pipeline.find_dataset_version_dir(latents.source_dir)
   vae_hash = weights.vae_sha256(latents.vae)       # hashed once: it reads every weight file
   name = f"{pathlib.Path(source_version_dir).parent.name}-vae{vae_hash[:12]}"
@@ -228,7 +411,7 @@ def build(config: ml_collections.ConfigDict) -> str:
   builder_config = LatentClipsConfig(name=name, version=WanLatentClips.VERSION,
                                      source_dir=str(latents.source_dir),
                                      vae_dir=str(latents.vae), vae_sha256=vae_hash,
-                                     batch_size=int(latents.batch_size),
+                                     batch_size=batch, chunk_clips=chunk_clips,
                                      text_encoder_dir=text_dir,
                                      text_max_length=max_length if text_dir else 0)
   builder = WanLatentClips(encoder=encoder, text_encoder=text_encoder, config=builder_config,
@@ -237,12 +420,25 @@ def build(config: ml_collections.ConfigDict) -> str:
   if builder.is_prepared():
     print(f"Already built, nothing to do: {path}")
     return path
-  tfds_prepare.prepare(builder)
-  splits = builder.info.splits
-  (epath.Path(path) / SKIPPED_FILE).write_text(json.dumps(builder.skipped, indent=2) + "\n")
-  print(f"Wrote {path}: " + ", ".join(f"{s}: {splits[s].num_examples}" for s in splits)
-        + f" clips of latents {builder._latent_shape}"  # pylint: disable=protected-access
-        + f"; {len(builder.skipped)} skipped (listed in {SKIPPED_FILE})")
-  for item in builder.skipped[:10]:
-    print(f"  skipped {item}")
+  work_dir = latents.get("work_dir", "") or epath.Path(config.data.dataset_dir) / WORK_FOLDER / name
+  store = ChunkStore(work_dir)
+  store.check_identity(builder.identity())
+  builder.encode(store, share)
+  sync("latent_clips: every chunk encoded")
+  if share.process_index == 0:
+    missing = builder.missing_chunks(store)
+    if missing:   # only if a process's share failed without failing the job
+      raise RuntimeError(f"{len(missing)} chunks were not encoded, e.g. {missing[:3]}: rerun "
+                         "the command (on every host) to encode them")
+    builder.store = store
+    tfds_prepare.prepare(builder)
+    splits = builder.info.splits
+    (epath.Path(path) / SKIPPED_FILE).write_text(json.dumps(builder.skipped, indent=2) + "\n")
+    store.remove()
+    print(f"Wrote {path}: " + ", ".join(f"{s}: {splits[s].num_examples}" for s in splits)
+          + f" clips of latents {builder._latent_shape}"  # pylint: disable=protected-access
+          + f"; {len(builder.skipped)} skipped (listed in {SKIPPED_FILE})")
+    for item in builder.skipped[:10]:
+      print(f"  skipped {item}")
+  sync("latent_clips: dataset written")
   return path

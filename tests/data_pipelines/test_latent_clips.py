@@ -20,7 +20,7 @@ from configs import wan_tiny
 from data_pipelines import build_synthetic
 from data_pipelines import latent_clips
 from tests.conftest import REPO
-from tests.test_train_e2e import env
+from tests.conftest import subprocess_env
 from videojam_jax.data import clip_records
 from videojam_jax.data import pipeline
 from videojam_jax.model.wan import weights
@@ -133,17 +133,19 @@ def test_wan_trains_and_resumes_on_latent_clips(latent_data, tmp_path):
   command = [sys.executable, "-m", "videojam_jax.train", "--config", "configs/wan_tiny.py",
              f"--workdir={workdir}", f"--config.data.dataset_dir={config.data.dataset_dir}",
              f"--config.data.latents.vae={VAE}", "--config.compilation_cache_dir=",
+             # Constant LR and tensorboardX: see tests/test_train_wan.py's run().
+             "--config.optim.schedule=constant", "--config.train.metric_writer=tensorboardx",
              *[f"--config.data.{k}={v}" for k, v in LATENT.items()],
              "--config.model.wan.in_channels=4", "--config.model.wan.out_channels=4",
              *[f"--config.model.text.{k}={v}" for k, v in TEXT.items()],   # from the records
              "--config.model.jam=True", "--config.evals.samples.every_steps=0",
              "--config.evals.heldout.every_steps=2", "--config.train.checkpoint_every=2"]
-  result = subprocess.run(command + ["--config.train.num_steps=2"], cwd=REPO, env=env(),
+  result = subprocess.run(command + ["--config.train.num_steps=2"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert re.search(r"\[2\] train/.*train/motion_loss=", result.stderr)
   assert re.search(r"\[2\] heldout/motion_loss=", result.stderr)
-  result = subprocess.run(command + ["--config.train.num_steps=3"], cwd=REPO, env=env(),
+  result = subprocess.run(command + ["--config.train.num_steps=3"], cwd=REPO, env=subprocess_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert [int(s) for s in re.findall(r"\[(\d+)\] train/.*train/loss=", result.stderr)] == [3]
@@ -199,3 +201,91 @@ def test_undecodable_source_clips_are_skipped_and_reported(tmp_path, capsys, mon
   built = tfds.builder_from_directory(version_dir)
   assert len(built.as_data_source("train")) == 5 and len(built.as_data_source("validation")) == 2
   assert f"1 skipped (listed in {latent_clips.SKIPPED_FILE})" in capsys.readouterr().out
+
+
+def small_chunks_config(root):
+  """6 train clips in 3 chunks of 2, 2 validation clips in 1: one VAE call per chunk."""
+  config = config_for(root)
+  config.data.latents.batch_size, config.data.latents.chunk_clips = 2, 2
+  return config
+
+
+def assert_records_are_the_source_encoded(version_dir, config):
+  built = tfds.builder_from_directory(version_dir)
+  source = tfds.builder_from_directory(
+      pipeline.find_dataset_version_dir(config.data.latents.source_dir))
+  from videojam_jax.parallel import sharding
+  encoder = latent_clips.LatentEncoder(
+      str(VAE), sharding.ShardingPlan.from_config(ml_collections.ConfigDict(dict(data=-1))))
+  for split, count in (("train", 6), ("validation", 2)):
+    latents, pixels = built.as_data_source(split), source.as_data_source(split)
+    assert len(latents) == count
+    for i in range(count):      # every clip once, in source order
+      assert latents[i]["clip_id"] == pixels[i]["clip_id"]
+      want = encoder(np.stack([pixels[i]["video"], pixels[i]["motion"]]))
+      np.testing.assert_allclose(latents[i]["video"], want[0], rtol=0, atol=1e-5)
+      np.testing.assert_allclose(latents[i]["motion"], want[1], rtol=0, atol=1e-5)
+
+
+def test_an_interrupted_build_resumes_encoding_only_the_chunks_it_lacks(tmp_path, monkeypatch,
+                                                                        capsys):
+  config = small_chunks_config(tmp_path)
+  calls = []
+  encode = latent_clips.LatentEncoder.__call__
+
+  def interrupted_at_third_call(self, clips):
+    if len(calls) == 2:
+      raise KeyboardInterrupt       # Ctrl-C while train's chunk 2 is encoded
+    calls.append(len(clips))
+    return encode(self, clips)
+  monkeypatch.setattr(latent_clips.LatentEncoder, "__call__", interrupted_at_third_call)
+  with pytest.raises(KeyboardInterrupt):
+    latent_clips.build(config)
+  work = tmp_path / "latents" / latent_clips.WORK_FOLDER
+  (name,) = [p.name for p in work.iterdir()]
+  assert sorted(p.name for p in (work / name / "train").iterdir()) == [
+      "chunk-00000.npz", "chunk-00001.npz"]            # whole chunks, nothing half-written
+  assert not (tmp_path / "latents" / latent_clips.SOURCE).exists() or not list(
+      (tmp_path / "latents" / latent_clips.SOURCE).glob("*/1.0.0/dataset_info.json"))
+
+  calls.clear()
+  monkeypatch.setattr(latent_clips.LatentEncoder, "__call__",
+                      lambda self, clips: calls.append(len(clips)) or encode(self, clips))
+  version_dir = latent_clips.build(config)
+  assert len(calls) == 2               # train's chunk 2 and validation's chunk 0 only
+  assert "train: 2 of 3 chunks already encoded" in capsys.readouterr().out
+  assert not (work / name).exists()    # the chunks are gone once the dataset is written
+  assert_records_are_the_source_encoded(version_dir, config)
+  latent_clips.build(config)
+  assert "Already built, nothing to do" in capsys.readouterr().out
+
+
+def test_each_process_encodes_its_own_chunks_and_process_0_writes_the_dataset(tmp_path,
+                                                                               monkeypatch):
+  config = small_chunks_config(tmp_path)
+  written, synced = [], []
+  write = latent_clips.ChunkStore.write
+  monkeypatch.setattr(latent_clips.ChunkStore, "write",
+                      lambda self, split, chunk, *a: written.append((split, chunk))
+                      or write(self, split, chunk, *a))
+  # Process 1 of 2 (its peer not started yet): chunks 1, 3, ... of each split, no dataset.
+  version_dir = latent_clips.build(config, share=latent_clips.Share(1, 2), sync=synced.append)
+  assert written == [("train", 1)] and len(synced) == 2
+  assert not (pathlib.Path(version_dir) / "dataset_info.json").exists()
+  written.clear()
+  version_dir = latent_clips.build(config, share=latent_clips.Share(0, 2), sync=synced.append)
+  assert written == [("train", 0), ("train", 2), ("validation", 0)]
+  assert_records_are_the_source_encoded(version_dir, config)
+
+
+def test_a_work_dir_of_another_build_is_refused(tmp_path):
+  config = small_chunks_config(tmp_path)
+  config.data.latents.work_dir = str(tmp_path / "work")
+  store = latent_clips.ChunkStore(config.data.latents.work_dir)
+  store.check_identity({"chunk_clips": 4, "source_dataset": "elsewhere"})
+  with pytest.raises(latent_clips.EncodingWorkDirError,
+                     match=r"chunk_clips: 4 there, 2 now.*Remove it, or set data.latents.work_dir"):
+    latent_clips.build(config)
+  config.data.latents.chunk_clips = 3
+  with pytest.raises(ValueError, match="chunk_clips=3 must be a positive multiple of .*batch_size=2"):
+    latent_clips.build(config)

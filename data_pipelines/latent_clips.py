@@ -208,17 +208,16 @@ class ChunkStore:
 
   def read(self, split: str, chunk: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(records, skipped) of one chunk."""
-    with self.path(split, chunk).open("rb") as f, np.load(f) as data:
-      skipped = json.loads(str(data["skipped"]))
-      if "video" not in data:
-        return [], skipped
-      examples = []
-      for i in range(len(data["video"])):
-        example = {"video": data["video"][i], "motion": data["motion"][i],
-                   "caption": str(data["caption"][i]), "clip_id": str(data["clip_id"][i])}
-        if pipeline.TEXT_EMBEDDING in data:
-          example[pipeline.TEXT_EMBEDDING] = data[pipeline.TEXT_EMBEDDING][i][:data["text_length"][i]]
-        examples.append(example)
+    with self.path(split, chunk).open("rb") as f, np.load(f) as npz:
+      data = {key: npz[key] for key in npz.files}   # each npz[key] reads its array again
+    skipped = json.loads(str(data["skipped"]))
+    examples = []
+    for i in range(len(data.get("video", ()))):
+      example = {"video": data["video"][i], "motion": data["motion"][i],
+                 "caption": str(data["caption"][i]), "clip_id": str(data["clip_id"][i])}
+      if pipeline.TEXT_EMBEDDING in data:
+        example[pipeline.TEXT_EMBEDDING] = data[pipeline.TEXT_EMBEDDING][i][:data["text_length"][i]]
+      examples.append(example)
     return examples, skipped
 
   def remove(self) -> None:
@@ -287,21 +286,26 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
                 chunk_clips=c.chunk_clips, latent_shape=list(self._latent_shape),
                 splits={s: int(info.num_examples) for s, info in self._source.info.splits.items()})
 
+  def _chunks(self, split: str) -> list[range]:
+    return chunk_ranges(int(self._source.info.splits[split].num_examples),
+                        self.builder_config.chunk_clips)
+
   def encode(self, store: ChunkStore, share: Share = Share()) -> None:
     """Stage 1: encodes this process's chunks of every split that `store` lacks."""
     from tqdm import tqdm
-    chunk_clips, batch = self.builder_config.chunk_clips, self.builder_config.batch_size
+    batch = self.builder_config.batch_size
     who = f" (process {share.process_index} of {share.process_count})" if share.process_count > 1 else ""
     for split in self._source.info.splits:
       source = pipeline.CheckedSource(self._source.as_data_source(split),
                                       f"{self._source_version_dir}[{split}]")
-      mine = [(c, r) for c, r in enumerate(chunk_ranges(len(source), chunk_clips)) if share.owns(c)]
+      mine = [(c, r) for c, r in enumerate(self._chunks(split)) if share.owns(c)]
       todo = [(c, r) for c, r in mine if not store.has(split, c)]
       if len(todo) < len(mine):
         print(f"{split}{who}: {len(mine) - len(todo)} of {len(mine)} chunks already encoded in "
               f"{store.root}; encoding the other {len(todo)}")
-      progress = tqdm(total=sum(len(r) for _, r in mine), unit="clip", desc=f"VAE {split}{who}",
-                      initial=sum(len(r) for _, r in mine) - sum(len(r) for _, r in todo))
+      num_clips = sum(len(r) for _, r in mine)
+      progress = tqdm(total=num_clips, unit="clip", desc=f"VAE {split}{who}",
+                      initial=num_clips - sum(len(r) for _, r in todo))
       for chunk, indices in todo:
         examples, skipped = [], []
         for start in range(indices.start, indices.stop, batch):
@@ -317,9 +321,7 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
 
   def missing_chunks(self, store: ChunkStore) -> list[str]:
     return [str(store.path(split, c)) for split in self._source.info.splits
-            for c, _ in enumerate(chunk_ranges(int(self._source.info.splits[split].num_examples),
-                                               self.builder_config.chunk_clips))
-            if not store.has(split, c)]
+            for c in range(len(self._chunks(split))) if not store.has(split, c)]
 
   def _encode_batch(self, source: pipeline.CheckedSource, split: str,
                     indices: range) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -366,8 +368,7 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str):
     """Stage 2: the split's records from the chunks, in source order."""
-    num_clips = int(self._source.info.splits[split].num_examples)
-    for chunk, _ in enumerate(chunk_ranges(num_clips, self.builder_config.chunk_clips)):
+    for chunk in range(len(self._chunks(split))):
       examples, skipped = self.store.read(split, chunk)
       self.skipped += skipped
       for example in examples:
@@ -391,7 +392,7 @@ def build(config: ml_collections.ConfigDict, *, share: Share | None = None,
   if not latents.source_dir or not latents.vae:
     raise ValueError("set config.data.latents.source_dir (a pixel clip dataset) and "
                      "config.data.latents.vae (a Wan VAE folder or pipeline)")
-  batch, chunk_clips = int(latents.batch_size), int(latents.get("chunk_clips", 32))
+  batch, chunk_clips = int(latents.batch_size), int(latents.chunk_clips)
   if batch < 1 or chunk_clips < 1 or chunk_clips % batch:
     raise ValueError(f"data.latents.chunk_clips={chunk_clips} must be a positive multiple of "
                      f"data.latents.batch_size={batch}")
@@ -420,7 +421,7 @@ def build(config: ml_collections.ConfigDict, *, share: Share | None = None,
   if builder.is_prepared():
     print(f"Already built, nothing to do: {path}")
     return path
-  work_dir = latents.get("work_dir", "") or epath.Path(config.data.dataset_dir) / WORK_FOLDER / name
+  work_dir = latents.work_dir or epath.Path(config.data.dataset_dir) / WORK_FOLDER / name
   store = ChunkStore(work_dir)
   store.check_identity(builder.identity())
   builder.encode(store, share)

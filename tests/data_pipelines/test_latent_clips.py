@@ -64,23 +64,11 @@ def test_records_are_the_normalised_vae_means_of_video_and_motion(latent_data):
   assert metadata["vae_sha256"] == weights.vae_sha256(str(VAE))
   assert metadata["latents_mean"] == [-0.5, 0.25, 1.0, -1.5]
   assert (metadata["pixel_num_frames"], metadata["pixel_height"]) == (5, 16)
-  source = tfds.builder_from_directory(
-      pipeline.find_dataset_version_dir(config.data.latents.source_dir))
-  plan_config = ml_collections.ConfigDict(dict(data=-1))
-  from videojam_jax.parallel import sharding
-  encoder = latent_clips.LatentEncoder(str(VAE), sharding.ShardingPlan.from_config(plan_config))
-  for split, count in (("train", 6), ("validation", 2)):
-    latents, pixels = built.as_data_source(split), source.as_data_source(split)
-    assert len(latents) == count
-    for i in (0, count - 1):
-      want = encoder(np.stack([pixels[i]["video"], pixels[i]["motion"]]))
-      np.testing.assert_allclose(latents[i]["video"], want[0], rtol=0, atol=1e-5)
-      np.testing.assert_allclose(latents[i]["motion"], want[1], rtol=0, atol=1e-5)
-      assert latents[i]["caption"] == pixels[i]["caption"]
+  assert_records_are_the_source_encoded(version_dir, config)
   # The captions' umT5 embeddings, their tokens only (the mask is the length).
   assert (metadata["text_embedding_dim"], metadata["text_max_length"]) == (32, 16)
   from videojam_jax.model.wan import text as wan_text
-  umt5 = wan_text.WanTextEncoder.from_pipeline(str(PIPELINE), encoder.plan, max_length=16)
+  umt5 = wan_text.WanTextEncoder.from_pipeline(str(PIPELINE), one_device_plan(), max_length=16)
   records = built.as_data_source("train")
   captions = [records[i]["caption"].decode() for i in range(2)]
   want, mask = umt5(captions)
@@ -210,18 +198,23 @@ def small_chunks_config(root):
   return config
 
 
+def one_device_plan():
+  from videojam_jax.parallel import sharding
+  return sharding.ShardingPlan.from_config(ml_collections.ConfigDict(dict(data=-1)))
+
+
 def assert_records_are_the_source_encoded(version_dir, config):
+  """Every source clip once, in source order: the VAE's normalised means, its caption."""
   built = tfds.builder_from_directory(version_dir)
   source = tfds.builder_from_directory(
       pipeline.find_dataset_version_dir(config.data.latents.source_dir))
-  from videojam_jax.parallel import sharding
-  encoder = latent_clips.LatentEncoder(
-      str(VAE), sharding.ShardingPlan.from_config(ml_collections.ConfigDict(dict(data=-1))))
+  encoder = latent_clips.LatentEncoder(str(VAE), one_device_plan())
   for split, count in (("train", 6), ("validation", 2)):
     latents, pixels = built.as_data_source(split), source.as_data_source(split)
     assert len(latents) == count
-    for i in range(count):      # every clip once, in source order
+    for i in range(count):
       assert latents[i]["clip_id"] == pixels[i]["clip_id"]
+      assert latents[i]["caption"] == pixels[i]["caption"]
       want = encoder(np.stack([pixels[i]["video"], pixels[i]["motion"]]))
       np.testing.assert_allclose(latents[i]["video"], want[0], rtol=0, atol=1e-5)
       np.testing.assert_allclose(latents[i]["motion"], want[1], rtol=0, atol=1e-5)

@@ -92,3 +92,23 @@ def test_side_by_side_draws_decoded_motion_on_colour_wheel():
   assert np.abs(drawn.astype(int) - expected).max() <= 2   # up to uint8 decoding error
   right = drawn[:, :, W // 2:].reshape(-1, 3).astype(int)
   assert np.all(right[:, 0] > right[:, 1]) and np.all(right[:, 0] > right[:, 2])  # +x is red
+
+
+def test_frame_grid_puts_each_clip_on_a_row_of_enlarged_frames():
+  a = _clip()
+  b = 255 - a
+  grid = video_io.frame_grid([a, b], scale=2, gap=3)
+  assert grid.shape == (2 * 2 * H + 3, T * (2 * W + 3) - 3, 3)
+  for row, clip in enumerate((a, b)):
+    for k in range(T):
+      cell = grid[row * (2 * H + 3):row * (2 * H + 3) + 2 * H, k * (2 * W + 3):k * (2 * W + 3) + 2 * W]
+      np.testing.assert_array_equal(cell[::2, ::2], clip[k])
+      np.testing.assert_array_equal(cell[1::2, 1::2], clip[k])
+  assert (grid[2 * H:2 * H + 3] == 255).all()   # the gap between rows is white
+
+
+def test_frame_grid_refuses_clips_of_different_shapes():
+  with pytest.raises(ValueError, match="share a shape"):
+    video_io.frame_grid([_clip(), _clip()[:3]])
+  with pytest.raises(ValueError, match="at least one"):
+    video_io.frame_grid([])

@@ -1,4 +1,4 @@
-"""Writing clips for people to look at: browser-playable MP4 and GIF.
+"""Writing clips for people to look at: browser-playable MP4 and GIF, and frame grids.
 
 Generated clips are tiny (e.g. 32 x 32), so they are upscaled by an integer
 factor with nearest-neighbour (crisp pixels, no invented detail) before
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -100,3 +101,25 @@ def side_by_side(video: np.ndarray, motion_rgb: np.ndarray,
     raise ValueError(f"motion {motion_rgb.shape} must match video {video.shape}")
   separator = np.full(video.shape[:2] + (gap, 3), 255, np.uint8)
   return np.concatenate([video, separator, motion_panel(motion_rgb, sigma)], axis=2)
+
+
+def frame_grid(panels: Sequence[np.ndarray], *, scale: int = 4, gap: int = 2) -> np.ndarray:
+  """Clips as one still image: row i holds the frames of panels[i] left to right.
+
+  panels: uint8 [T, H, W, 3] each (e.g. `side_by_side` panels), all the same shape.
+  Each frame is enlarged `scale` times (nearest neighbour, so pixels stay visible)
+  and frames and rows are `gap` white pixels apart. Returns uint8 [rows, cols, 3].
+  """
+  if not panels:
+    raise ValueError("frame_grid needs at least one clip")
+  panels = [frames_lib.check_frames(p, what="clip") for p in panels]
+  if len({p.shape for p in panels}) != 1:
+    raise ValueError(f"frame_grid clips must share a shape, got {sorted({p.shape for p in panels})}")
+  t, h, w, _ = panels[0].shape
+  h, w = h * scale, w * scale
+  grid = np.full((len(panels) * (h + gap) - gap, t * (w + gap) - gap, 3), 255, np.uint8)
+  for row, panel in enumerate(panels):
+    big = panel.repeat(scale, axis=1).repeat(scale, axis=2)
+    for k in range(t):
+      grid[row * (h + gap):row * (h + gap) + h, k * (w + gap):k * (w + gap) + w] = big[k]
+  return grid

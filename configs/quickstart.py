@@ -151,9 +151,11 @@ def get_config() -> ml_collections.ConfigDict:
       type="heldout_loss", every_steps=50, weights="ema", split="validation",
       num_clips=32, batch_size=8, times=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0))
   # Clips for the first num_prompts eval captions (once per seed), written as MP4s
-  # (video | the model's motion) to workdir/samples/step_*/, scored by motion metrics.
+  # (video | the model's motion) to workdir/samples/step_*/ with a grid.png of their
+  # frames, scored by motion metrics and (synthetic scenes) by object_check: are the
+  # captioned objects there, moving as captioned (evaluation/object_check.py)?
   config.evals.samples = ml_collections.ConfigDict(dict(
       type="samples", every_steps=400, weights="ema", split="validation", num_prompts=4,
       seeds=(0,), batch_size=8, write_videos=True, metrics=True, dis_preset="medium",
-      fps=8.0, min_side=128))
+      fps=8.0, min_side=128, object_check=True))
   return config

@@ -49,6 +49,9 @@ FALLING_DRIFT_SPEED_RANGE = (0.0, 0.04)
 MIN_PEAK_HEIGHT = 1e-3              # pixels: keeps a no-room fall well defined
 ROTATING_TRANSLATES_PROB = 0.5      # how often a rotating object also drifts
 MOTION_KINDS = ("linear", "bouncing", "falling", "rotating")
+# Caption words for a screen direction (y down), by octant of
+# atan2(vy, vx): 0 = right, 1 = down-right, ...
+DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 
 # Shapes: name -> size of the outline relative to the object's radius r (circle: the
 # radius; square: half the side; triangle: circumradius), chosen so the three look
@@ -115,10 +118,8 @@ def reflect(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def _direction_name(vx: float, vy: float) -> str:
   """Screen direction of a velocity (y down) in one of 8 compass words."""
-  names = ("right", "down-right", "down", "down-left", "left", "up-left", "up",
-           "up-right")
   octant = int(np.round(np.arctan2(vy, vx) / (np.pi / 4))) % 8
-  return names[octant]
+  return DIRECTIONS[octant]
 
 
 def _spin_name(omega: float) -> str:

@@ -2,6 +2,7 @@
 
 import logging
 
+import imageio.v3 as iio
 import jax
 import ml_collections
 import numpy as np
@@ -10,6 +11,7 @@ from etils import epath
 
 from videojam_jax.data import pipeline
 from videojam_jax.evaluation import evaluators
+from videojam_jax.evaluation import object_check
 from videojam_jax.evaluation.evaluators import samples
 from videojam_jax.training import experiment
 
@@ -38,11 +40,32 @@ def test_writes_clips_and_yields_mean_metrics(setup, tmp_path):
   values = dict(evaluator.run(params, 7))
   assert set(values) == METRICS and all(np.isfinite(v) for v in values.values())
   out = tmp_path / "samples" / "step_000007"
-  assert sorted(p.name for p in out.iterdir()) == ["captions.txt", "sample_00.mp4", "sample_01.mp4"]
+  assert sorted(p.name for p in out.iterdir()) == ["captions.txt", "grid.png", "sample_00.mp4",
+                                                     "sample_01.mp4"]
   lines = (out / "captions.txt").read_text().splitlines()
   assert [line.split("\t")[1] for line in lines] == evaluator.prompts
+  # The grid: a row per clip, each row the clip's frames (video | motion panels).
+  grid = iio.imread(out / "grid.png")
+  t, h, w = exp.video_shape.dims[:3]
+  scale = max(1, 16 // min(h, w) // 2)
+  assert grid.shape == (2 * h * scale + 2, t * ((2 * w + 2) * scale + 2) - 2, 3)
   # The same weights and seeds give the same clips: the metrics repeat.
   assert dict(evaluator.run(params, 8)) == values
+
+
+def test_object_check_yields_the_fractions_and_refuses_foreign_captions(setup, tmp_path,
+                                                                       monkeypatch):
+  exp, params = setup
+  context = evaluators.EvalContext(exp, epath.Path(tmp_path))
+  evaluator = samples.Evaluator(options(object_check=True, write_videos=False), context)
+  values = dict(evaluator.run(params, 1))
+  checks = {"objects_present", "objects_moving", "clips_correct"}
+  assert set(values) == METRICS | checks
+  assert all(0.0 <= values[k] <= 1.0 for k in checks)
+  # Captions the check cannot read are refused when the evaluator is made, not at step N.
+  monkeypatch.setattr(samples.pipeline, "read_captions", lambda *a: ["a cat on a sofa"])
+  with pytest.raises(object_check.CaptionGrammarError, match="a cat on a sofa"):
+    samples.Evaluator(options(object_check=True), context)
 
 
 def test_a_failure_to_write_videos_is_logged_and_the_metrics_still_come(setup, tmp_path, caplog):

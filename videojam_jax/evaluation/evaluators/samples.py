@@ -3,7 +3,9 @@
 The prompts are the first `num_prompts` captions of a split; each is sampled once
 per seed with the run's sampler settings (config.sample; a baseline asked for
 Inner-Guidance falls back to CFG). Per clip: the weight-free motion metrics
-(`evaluation.motion_metrics`); yielded: their means. On process 0 the clips are
+(`evaluation.motion_metrics`) and, for synthetic scenes with `object_check`, whether
+the captioned objects are there and move as captioned (`evaluation.object_check`);
+yielded: their means. On process 0 the clips are
 also written to `<workdir>/samples/step_<step>/` as MP4s, each the video beside
 the model's own motion prediction. A failure to write them is logged and the run
 goes on: a full disk must not end a long training run.
@@ -22,6 +24,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import imageio.v3 as iio
 import numpy as np
 from absl import logging
 from etils import epath
@@ -34,11 +37,13 @@ from videojam_jax.data import text as text_lib
 from videojam_jax.data import video_io
 from videojam_jax.evaluation import evaluators
 from videojam_jax.evaluation import motion_metrics
+from videojam_jax.evaluation import object_check
 from videojam_jax.sampling import sampler as sampler_lib
 
 OPTIONS = ("split", "num_prompts", "seeds", "batch_size", "write_videos", "metrics",
-           "dis_preset", "fps", "min_side")
+           "dis_preset", "fps", "min_side", "object_check")
 SAMPLES_DIR = "samples"
+GRID_NAME = "grid.png"
 DEFAULT_FPS = 8.0   # the synthetic clips' and VBench's frame rate
 
 
@@ -111,17 +116,22 @@ def write_video(path: epath.Path, frames: np.ndarray, fps: float, min_side: int)
 
 def write_samples(out_dir: epath.PathLike, clips: Sequence[Clip], *, fps: float, sigma: float,
                   min_side: int = video_io.DEFAULT_MIN_SIDE) -> list[epath.Path]:
-  """One MP4 per clip (the video beside its decoded motion) and captions.txt."""
+  """One MP4 per clip (the video beside its decoded motion), grid.png (every clip's
+  frames, a row each) and captions.txt."""
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths, lines = [], []
+  paths, lines, panels = [], [], []
   for i, clip in enumerate(clips):
     panel = clip.video if clip.motion is None else video_io.side_by_side(clip.video, clip.motion,
                                                                          sigma)
     path = out_dir / f"sample_{i:02d}.mp4"
     write_video(path, panel, fps, min_side)
     paths.append(path)
+    panels.append(panel)
     lines.append(f"{path.name}\t{clip.prompt}\tseed {clip.seed}")
+  # Every clip's frames in one image: row i is sample_i (captions.txt names it).
+  grid = video_io.frame_grid(panels, scale=max(1, min_side // min(clips[0].video.shape[1:3]) // 2))
+  files.atomic_write(out_dir / GRID_NAME, iio.imwrite("<bytes>", grid, extension=".png"))
   files.atomic_write(out_dir / "captions.txt", "\n".join(lines) + "\n")
   return paths
 
@@ -147,6 +157,10 @@ class Evaluator:
     self.prompts = pipeline.read_captions(config.data.dataset_dir, self.split, num_prompts)
     if not self.prompts:
       raise ValueError(f"samples: split {self.split!r} of {config.data.dataset_dir} has no captions")
+    self.object_check = bool(opt("object_check", False))
+    if self.object_check:  # refuse now, not after the first thousand steps
+      for prompt in self.prompts:
+        object_check.parse_caption(prompt)
     self.batch_size = clip_batch_size(int(opt("batch_size", 8)), len(self.prompts),
                                       exp.plan.batch_ways)
     settings = sampler_lib.settings_from_config(config.sample)
@@ -182,3 +196,6 @@ class Evaluator:
         values = [s[name] for s in scores if np.isfinite(s[name])]
         if values:
           yield name, float(np.mean(values))
+    if self.object_check:
+      yield from object_check.summarize([c.video for c in clips],
+                                        [c.prompt for c in clips]).items()

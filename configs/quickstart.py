@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic.seed = 0
   config.data.synthetic.max_objects = 3
   config.data.synthetic.fps = 8.0
+  # Backgrounds drawn from (a subset of checkered, striped, mottled).
+  config.data.synthetic.background_kinds = ("checkered", "striped", "mottled")
 
   # --- Model: a video DiT; jam=True adds VideoJAM's motion input rows and motion head.
   config.model = ml_collections.ConfigDict()
@@ -70,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"        # compute dtype; params stay float32
   config.model.remat_policy = "none"    # none | full | dots_saveable
   config.model.attention_impl = "xla"   # jax.nn.dot_product_attention implementation
+  config.model.qk_norm = False          # RMS-normalised queries and keys
+  config.model.rope_theta = 0.0         # > 0: 3-D rotary positions in self-attention
   # W_in_m, the motion input rows: "zeros" (the paper's retrofit init) | "xavier".
   config.model.motion_input_init = "zeros"
   # LoRA fine-tuning (model.family="wan" only): rank > 0 freezes the base weights and
@@ -90,6 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.text.depth = 1
   config.model.text.num_heads = 4
   config.model.text.embedding_dim = 128  # dim of precomputed embeddings, if used
+  # Also modulate every block by the caption's mean token (added to the adaLN vector).
+  config.model.text.pooled = False
 
   # --- Flow matching and VideoJAM training objective (DESIGN.md §1).
   config.loss = ml_collections.ConfigDict()

@@ -37,7 +37,7 @@ def builder_for(config: ml_collections.ConfigDict) -> synthetic_dataset.Syntheti
       num_train_clips=synthetic.num_train_clips, num_eval_clips=synthetic.num_eval_clips,
       num_frames=data.num_frames, height=data.height, width=data.width,
       seed=synthetic.seed, max_objects=synthetic.max_objects, fps=synthetic.fps,
-      flow_sigma=data.flow_sigma)
+      flow_sigma=data.flow_sigma, background_kinds=tuple(synthetic.background_kinds))
   return synthetic_dataset.SyntheticPhysics(
       config=builder_config, data_dir=os.fspath(data.dataset_dir),
       file_format=synthetic_dataset.FILE_FORMAT)

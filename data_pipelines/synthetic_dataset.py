@@ -18,6 +18,7 @@ Read back (no TensorFlow needed):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from etils import epath
 import numpy as np
@@ -51,11 +52,14 @@ class SyntheticPhysicsConfig(tfds.core.BuilderConfig):
   max_objects: int
   fps: float
   flow_sigma: float
+  background_kinds: tuple[str, ...] = synthetic_physics.BACKGROUND_KINDS
 
 
 def make_builder_config(*, num_train_clips: int, num_eval_clips: int, num_frames: int,
                         height: int, width: int, seed: int, max_objects: int,
-                        fps: float, flow_sigma: float) -> SyntheticPhysicsConfig:
+                        fps: float, flow_sigma: float,
+                        background_kinds: Sequence[str] = synthetic_physics.BACKGROUND_KINDS,
+                        ) -> SyntheticPhysicsConfig:
   """A builder config whose name encodes every parameter (so sizes never collide)."""
   if min(num_train_clips, num_eval_clips) < 1:
     raise ValueError("both splits need at least one clip, got "
@@ -64,16 +68,21 @@ def make_builder_config(*, num_train_clips: int, num_eval_clips: int, num_frames
     raise ValueError(f"seed must be >= 0 (numpy SeedSequence entropy), got {seed}")
   if num_frames < 2:
     raise ValueError(f"clips need at least 2 frames (flow is between frames), got {num_frames}")
+  background_kinds = tuple(str(k) for k in background_kinds)
+  synthetic_physics.check_background_kinds(background_kinds)
   name = (f"train{num_train_clips}-val{num_eval_clips}-{num_frames}x{height}x{width}"
           f"-obj{max_objects}-seed{seed}-fps{fps:g}-sigma{flow_sigma:g}")
+  if background_kinds != synthetic_physics.BACKGROUND_KINDS:  # the default keeps its old name
+    name += "-bg" + "+".join(background_kinds)
   return SyntheticPhysicsConfig(
       name=name, version=SyntheticPhysics.VERSION,
       description=(f"{num_train_clips} train / {num_eval_clips} validation clips of "
                    f"{num_frames}x{height}x{width}, up to {max_objects} objects, "
-                   f"seed {seed}."),
+                   f"seed {seed}, backgrounds {'/'.join(background_kinds)}."),
       num_train_clips=int(num_train_clips), num_eval_clips=int(num_eval_clips),
       num_frames=int(num_frames), height=int(height), width=int(width), seed=int(seed),
-      max_objects=int(max_objects), fps=float(fps), flow_sigma=float(flow_sigma))
+      max_objects=int(max_objects), fps=float(fps), flow_sigma=float(flow_sigma),
+      background_kinds=background_kinds)
 
 
 def clip_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -89,7 +98,7 @@ def make_example(config: SyntheticPhysicsConfig, split: str, index: int) -> dict
   """Renders clip `index` of `split` as a feature dict of the shared clip format."""
   clip = synthetic_physics.render_clip(
       clip_seed(config.seed, split, index), config.num_frames, config.height,
-      config.width, config.max_objects)
+      config.width, config.max_objects, background_kinds=config.background_kinds)
   return {
       "video": clip.video,
       "motion": motion_encoding.flows_to_motion_video(clip.flow, config.flow_sigma),
@@ -128,7 +137,8 @@ class SyntheticPhysics(tfds.core.GeneratorBasedBuilder):
             num_frames=config.num_frames, height=config.height, width=config.width,
             fps=config.fps, flow_estimator=FLOW_ESTIMATOR,
             flow_sigma=config.flow_sigma, source=SOURCE, seed=config.seed,
-            max_objects=config.max_objects, num_train_clips=config.num_train_clips,
+            max_objects=config.max_objects, background_kinds=list(config.background_kinds),
+            num_train_clips=config.num_train_clips,
             num_eval_clips=config.num_eval_clips),
     )
 

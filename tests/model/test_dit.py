@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_COMPILE, tiny_config
+from tests.conftest import CAPTIONS, FAST_COMPILE, tiny_config
 from videojam_jax.data import text as text_lib
 from videojam_jax.model import dit as model_lib
 from videojam_jax.model import functional
@@ -234,3 +234,36 @@ def test_remat_changes_memory_not_results(model_inputs, plain_gradients, policy)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
                g_remat, g_plain)
   assert "remat" in str(jax.make_jaxpr(remat.apply)(params, *_args(model_inputs)))
+
+
+def test_pooled_text_qk_norm_and_rope_options(make_tiny_config, model_inputs, perturb_params):
+  """The options add their weights (qk norms, the pooled-text projection) and run;
+  pooled text follows the caption but not its padding."""
+  config = make_tiny_config(jam=False)
+  config.model.text.pooled = True
+  config.model.qk_norm = True
+  config.model.rope_theta = 100.0
+  model = build(config)
+  params = perturb_params(jax.device_get(model.init(jax.random.key(0, impl="unsafe_rbg"))), seed=3)
+  assert params["text_pool"]["kernel"].shape == (32, 32)
+  assert "query_norm" in params["blocks"]["self_attn"]
+  apply = jax.jit(model.apply, compiler_options=FAST_COMPILE)
+  inputs = dict(model_inputs, d_t=None)
+  out, _ = apply(params, *_args(inputs))
+  # Padding columns past the caption are masked in the pooled mean too.
+  ids, mask = text_lib.tokenize(list(CAPTIONS), config.model.text.max_length)
+  padded_ids = ids.copy()
+  padded_ids[~mask] = 77         # garbage under the padding
+  other, _ = apply(params, *_args(inputs, text=jnp.asarray(padded_ids)))
+  np.testing.assert_allclose(other, out, rtol=1e-5, atol=1e-6)
+  # The pooled path alone carries the caption: with cross-attention's output zeroed,
+  # another caption still changes the velocity.
+  no_cross = jax.tree.map(lambda a: a, params)
+  no_cross["blocks"]["cross_attn"]["out"]["kernel"] = np.zeros_like(
+      params["blocks"]["cross_attn"]["out"]["kernel"])
+  no_cross["blocks"]["cross_attn"]["out"]["bias"] = np.zeros_like(
+      params["blocks"]["cross_attn"]["out"]["bias"])
+  ids2, mask2 = text_lib.tokenize(["a different caption", "and another"], config.model.text.max_length)
+  a, _ = apply(no_cross, *_args(inputs))
+  b, _ = apply(no_cross, *_args(inputs, text=jnp.asarray(ids2), text_mask=jnp.asarray(mask2)))
+  assert float(jnp.abs(a - b).max()) > 1e-3

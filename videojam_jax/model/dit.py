@@ -115,31 +115,32 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
-Conditioning = tuple[jax.Array, jax.Array, jax.Array]   # (adaLN vector, caption tokens, caption mask)
+# (adaLN vector, caption tokens, caption mask, self-attention rotary (cos, sin) or None)
+Conditioning = tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array] | None]
 
 
 class DiTBlock(nnx.Module):
   """adaLN-Zero self-attention + text cross-attention + MLP."""
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float, *, dtype: jnp.dtype,
-               attention_impl: str | None, rngs: nnx.Rngs):
+               attention_impl: str | None, qk_norm: bool = False, rngs: nnx.Rngs):
     self.adaln = layers.linear(width, 6 * width, ("embed", "mlp"), dtype=dtype, zero_init=True,
                                rngs=rngs)
     self.norm1 = layers.LayerNorm(width, affine=False, dtype=dtype, rngs=rngs)
-    self.self_attn = layers.Attention(width, num_heads, dtype=dtype,
+    self.self_attn = layers.Attention(width, num_heads, dtype=dtype, qk_norm=qk_norm,
                                       attention_impl=attention_impl, rngs=rngs)
     self.norm_cross = layers.LayerNorm(width, dtype=dtype, rngs=rngs)
-    self.cross_attn = layers.Attention(width, num_heads, dtype=dtype,
+    self.cross_attn = layers.Attention(width, num_heads, dtype=dtype, qk_norm=qk_norm,
                                        attention_impl=attention_impl, rngs=rngs)
     self.norm2 = layers.LayerNorm(width, affine=False, dtype=dtype, rngs=rngs)
     self.mlp = layers.Mlp(width, int(width * mlp_ratio), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, cond: Conditioning) -> jax.Array:
-    c, text, text_mask = cond
+    c, text, text_mask, rope = cond
     mod = self.adaln(jax.nn.silu(c))
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     h = modulate(self.norm1(x), shift1, scale1)
-    x = x + gate1[:, None] * self.self_attn(h, h)
+    x = x + gate1[:, None] * self.self_attn(h, h, rope=rope)
     h = self.norm_cross(x)
     x = x + self.cross_attn(h, text, kv_mask=text_mask)
     h = modulate(self.norm2(x), shift2, scale2)
@@ -154,9 +155,17 @@ class VideoDiT(nnx.Module):
                mlp_ratio: float, patch_size: tuple[int, int, int], jam: bool,
                text_encoder: text_encoder_lib.ByteTextEncoder | None, text_width: int,
                motion_input_init: str = "zeros", dtype: Any = jnp.float32,
-               remat_policy: str = "none", attention_impl: str | None = None, rngs: nnx.Rngs):
+               remat_policy: str = "none", attention_impl: str | None = None,
+               qk_norm: bool = False, pooled_text: bool = False, rope_theta: float = 0.0,
+               rngs: nnx.Rngs):
     """text_encoder: the built-in caption encoder, or None for precomputed embeddings
-    (then `text_width` is their dimension; else the encoder's width)."""
+    (then `text_width` is their dimension; else the encoder's width).
+    qk_norm: RMS-normalised queries and keys in every attention.
+    pooled_text: also add the caption's mean token (projected) to the adaLN vector,
+    so every block is modulated by the caption (SD3 / Imagen add a pooled text
+    embedding the same way), not only through cross-attention.
+    rope_theta > 0: 3-D rotary position embedding in self-attention (as Wan), on top
+    of the additive sin-cos embedding."""
     patch = tuple(int(p) for p in patch_size)
     for name, size, p in zip(("num_frames", "height", "width"), video_shape.dims[:3], patch):
       if size % p:
@@ -169,6 +178,7 @@ class VideoDiT(nnx.Module):
     self.video_shape, self.patch, self.jam = video_shape, patch, bool(jam)
     self.dtype, self.remat_policy = jnp.dtype(dtype), remat_policy
     self.width, self.text_width = width, text_width
+    self.num_heads, self.rope_theta = num_heads, float(rope_theta)
     patch_dim = int(np.prod(patch)) * video_shape.channels
     linear = lambda *args, **kw: layers.linear(*args, dtype=self.dtype, rngs=rngs, **kw)
 
@@ -182,11 +192,13 @@ class VideoDiT(nnx.Module):
     self.time_mlp_out = linear(width, width, ("mlp", "embed"))
     self.text_encoder = text_encoder
     self.text_proj = linear(text_width, width, (None, "embed"))
+    self.text_pool = linear(width, width, ("embed", "mlp")) if pooled_text else None
     self.null_text = nnx.Param(nnx.with_partitioning(
         nnx.initializers.normal(NULL_TEXT_INIT_STDDEV), (None, "embed"))(rngs.params(), (1, width)))
     # --- Blocks, stacked for nnx.scan.
     self.blocks = layers.stacked(lambda r: DiTBlock(width, num_heads, mlp_ratio, dtype=self.dtype,
-                                             attention_impl=attention_impl, rngs=r), depth, rngs)
+                                             attention_impl=attention_impl, qk_norm=qk_norm, rngs=r),
+                                 depth, rngs)
     # --- Output: W_out+ = [W_out, W_out_m] after the final adaLN.
     self.final_adaln = linear(width, 2 * width, ("embed", "mlp"), zero_init=True)
     self.final_norm = layers.LayerNorm(width, affine=False, dtype=self.dtype, rngs=rngs)
@@ -240,8 +252,16 @@ class VideoDiT(nnx.Module):
     # The null caption is one valid token: the first position.
     first_only = jnp.arange(text_mask.shape[1])[None] == 0
     text_mask = jnp.where(text_keep[:, None], text_mask, first_only)
+    if self.text_pool is not None:
+      weights = text_mask.astype(dtype)[..., None]
+      pooled = (text_tokens * weights).sum(1) / weights.sum(1)
+      c = c + self.text_pool(pooled)
 
-    cond = (c, text_tokens, text_mask)
+    rope = None
+    if self.rope_theta > 0:
+      angles = layers.rope_angles(grid, self.width // self.num_heads, self.rope_theta)
+      rope = (jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32))
+    cond = (c, text_tokens, text_mask, rope)
     x = layers.run_stacked(self.blocks, tokens, lambda block, h: block(h, cond), self.remat_policy)
 
     shift, scale = jnp.split(self.final_adaln(jax.nn.silu(c)), 2, axis=-1)
@@ -270,4 +290,7 @@ def build_model(model_config: ml_collections.ConfigDict, video_shape: VideoShape
       mlp_ratio=m.mlp_ratio, patch_size=tuple(m.patch_size), jam=bool(m.jam),
       text_encoder=encoder, text_width=text_encoder_lib.text_width(text),
       motion_input_init=str(m.get("motion_input_init", "zeros")), dtype=dtype,
-      remat_policy=m.remat_policy, attention_impl=m.attention_impl, rngs=rngs)
+      remat_policy=m.remat_policy, attention_impl=m.attention_impl,
+      qk_norm=bool(m.get("qk_norm", False)), pooled_text=bool(text.get("pooled", False)),
+      rope_theta=float(m.get("rope_theta", 0.0)),
+      rngs=rngs)

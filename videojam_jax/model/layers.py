@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from videojam_jax.model import attention as attention_lib
@@ -68,7 +69,10 @@ class Attention(nnx.Module):
   (videojam_jax/model/attention.py: "xla", "cudnn", "splash", "auto")."""
 
   def __init__(self, width: int, num_heads: int, *, context_width: int | None = None,
-               dtype: Dtype = jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+               dtype: Dtype = jnp.float32, attention_impl: str | None = None,
+               qk_norm: bool = False, rngs: nnx.Rngs):
+    """qk_norm: RMS-normalise queries and keys per head (learned scale), so attention
+    logits start O(1) and stay bounded (as in SD3 / Wan)."""
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     head_dim = width // num_heads
@@ -87,15 +91,55 @@ class Attention(nnx.Module):
         bias_init=_partitioned(nnx.initializers.zeros_init(), ("embed",)), rngs=rngs)
     attention_lib.check_implementation(attention_impl)
     self.attention_impl = attention_impl
+    rms = lambda: nnx.RMSNorm(head_dim, epsilon=LAYER_NORM_EPSILON, dtype=jnp.float32,
+                              param_dtype=jnp.float32,
+                              scale_init=_partitioned(nnx.initializers.ones_init(), ("norm",)),
+                              rngs=rngs)
+    self.query_norm, self.key_norm = (rms(), rms()) if qk_norm else (None, None)
 
   def __call__(self, x: jax.Array, context: jax.Array,
-               kv_mask: jax.Array | None = None) -> jax.Array:
+               kv_mask: jax.Array | None = None,
+               rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """rope: (cos, sin) [L, head_dim // 2] rotary angles applied to q and k (self-attention)."""
     q, k, v = self.query(x), self.key(context), self.value(context)
+    if self.query_norm is not None:
+      q = self.query_norm(q.astype(jnp.float32)).astype(v.dtype)
+      k = self.key_norm(k.astype(jnp.float32)).astype(v.dtype)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     q = sharding.constrain(q, ("activation_batch", "activation_length", "activation_heads",
                                "activation_kv"))
     out = attention_lib.dot_product_attention(q, k, v, kv_mask,
                                               implementation=self.attention_impl)
     return self.out(out)
+
+
+def rope_angles(grid: tuple[int, int, int], head_dim: int, theta: float) -> np.ndarray:
+  """3-D rotary angles [F*H*W, head_dim // 2] for a (frames, height, width) token grid.
+
+  head_dim is split between t / h / w as Wan 2.1 splits it (128 -> 44 / 42 / 42);
+  each axis rotates its channel pairs by position * theta^(-2i/d). float64 on the host.
+  """
+  h_dim = w_dim = 2 * (head_dim // 6)
+  t_dim = head_dim - h_dim - w_dim
+  parts = []
+  for axis, (n, d) in enumerate(zip(grid, (t_dim, h_dim, w_dim))):
+    freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    angles = np.arange(n, dtype=np.float64)[:, None] * freqs[None]          # [n, d/2]
+    shape = [1, 1, 1, d // 2]
+    shape[axis] = n
+    parts.append(np.broadcast_to(angles.reshape(shape), (*grid, d // 2)))
+  return np.concatenate(parts, axis=-1).reshape(-1, head_dim // 2)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates interleaved channel pairs (x[2i], x[2i+1]) of x [B, N, H, D] by the angles
+  whose cos / sin are [N, D/2] (in float32)."""
+  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  x1, x2 = pairs[..., 0], pairs[..., 1]
+  cos, sin = cos[None, :, None], sin[None, :, None]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
 
 
 class Mlp(nnx.Module):

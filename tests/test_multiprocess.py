@@ -191,7 +191,7 @@ def test_only_process_0_writes_samples_and_metrics(run):
   assert "wrote 4 samples" in run["logs"][0]
   assert "wrote" not in run["logs"][1].replace("Wrote ", "")   # Orbax's own lines are "Wrote ..."
   step_dir = os.path.join(workdir, "samples", f"step_{NUM_STEPS:06d}")
-  assert sorted(os.listdir(step_dir)) == ["captions.txt"] + [f"sample_{i:02d}.mp4" for i in range(4)]
+  assert sorted(os.listdir(step_dir)) == ["captions.txt", "grid.png"] + [f"sample_{i:02d}.mp4" for i in range(4)]
   events = [f for f in os.listdir(workdir) if f.startswith("events.out.tfevents")]
   assert len(events) == 1
   assert os.path.exists(os.path.join(workdir, "config.json"))

@@ -70,7 +70,7 @@ def test_quickstart_trains_writes_outputs_and_resumes(tmp_path, common_args):
   assert sorted(os.listdir(workdir / "checkpoints"), key=int) == ["9", "12"]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   samples = sorted(os.listdir(workdir / "samples" / "step_000012"))
-  assert samples == ["captions.txt", "sample_00.mp4", "sample_01.mp4"]
+  assert samples == ["captions.txt", "grid.png", "sample_00.mp4", "sample_01.mp4"]
   assert (workdir / "samples" / "step_000012" / "sample_00.mp4").stat().st_size > 1000
 
   # The same command again resumes from the checkpoint instead of starting over.

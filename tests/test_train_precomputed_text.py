@@ -73,7 +73,7 @@ def test_precomputed_text_run_samples_and_finishes(dataset, tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
   out = workdir / "samples" / f"step_{NUM_STEPS:06d}"
-  assert sorted(os.listdir(out)) == ["captions.txt", "sample_00.mp4", "sample_01.mp4"]
+  assert sorted(os.listdir(out)) == ["captions.txt", "grid.png", "sample_00.mp4", "sample_01.mp4"]
   assert re.search(rf"\[{NUM_STEPS}\] samples/.*warping_error=", result.stderr)
   assert sorted(os.listdir(workdir / "checkpoints"), key=int)[-1] == str(NUM_STEPS)
 

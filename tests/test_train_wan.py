@@ -95,7 +95,7 @@ def test_wan_trains_evaluates_samples_and_resumes(dataset, base_run, tmp_path):
   assert re.search(rf"\[{NUM_STEPS}\] heldout/video_loss=", log)
   assert re.search(rf"\[{NUM_STEPS}\] samples/.*warping_error=", log)
   out = base / "samples" / f"step_{NUM_STEPS:06d}"
-  assert sorted(os.listdir(out)) == ["captions.txt", "sample_00.mp4", "sample_01.mp4"]
+  assert sorted(os.listdir(out)) == ["captions.txt", "grid.png", "sample_00.mp4", "sample_01.mp4"]
   # The checkpoint holds the Wan transformer's parameters under their names.
   params = checkpoints.params_metadata(base, "params")
   assert "transformer" in params and "blocks" in params["transformer"]

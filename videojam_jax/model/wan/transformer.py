@@ -118,34 +118,15 @@ def published_config(size: str) -> WanTransformerConfig:
 
 def rope_angles(grid: tuple[int, int, int], head_dim: int, max_seq_len: int,
                 theta: float = ROPE_THETA) -> np.ndarray:
-  """Rotary angles [F*H*W, head_dim // 2] for a (frames, height, width) token grid.
-
-  head_dim is split as the reference splits it (128 -> 44 / 42 / 42 channels for
-  t / h / w); each axis rotates its channel pairs by position * theta^(-2i/d).
-  Computed in float64 on the host (the reference does too), then used as float32.
-  """
+  """Rotary angles [F*H*W, head_dim // 2] for a (frames, height, width) token grid:
+  layers.rope_angles (the reference's 44 / 42 / 42 split of 128), after checking the
+  grid fits the reference's rope_max_seq_len."""
   if max(grid) > max_seq_len:
     raise WanConfigError(f"token grid {grid} exceeds rope_max_seq_len={max_seq_len}")
-  h_dim = w_dim = 2 * (head_dim // 6)
-  t_dim = head_dim - h_dim - w_dim
-  parts = []
-  for axis, (n, d) in enumerate(zip(grid, (t_dim, h_dim, w_dim))):
-    freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    angles = np.arange(n, dtype=np.float64)[:, None] * freqs[None]          # [n, d/2]
-    shape = [1, 1, 1, d // 2]
-    shape[axis] = n
-    parts.append(np.broadcast_to(angles.reshape(shape), (*grid, d // 2)))
-  return np.concatenate(parts, axis=-1).reshape(-1, head_dim // 2)
+  return layers.rope_angles(grid, head_dim, theta)
 
 
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotates interleaved channel pairs (x[2i], x[2i+1]) of x [B, N, H, D] by the angles
-  whose cos / sin are [N, D/2]."""
-  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-  x1, x2 = pairs[..., 0], pairs[..., 1]
-  cos, sin = cos[None, :, None], sin[None, :, None]
-  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-  return out.reshape(x.shape).astype(x.dtype)
+apply_rope = layers.apply_rope
 
 
 def timestep_features(timestep: jax.Array, dim: int) -> jax.Array:

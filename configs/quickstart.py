@@ -143,6 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
   # from; a base checkpoint is retrofitted to VideoJAM (retrofit.py).
   config.train.init_from = ""
   config.train.init_from_weights = "ema"  # ema | params
+  # A base checkpoint's new motion head: "copy" of the video head | "zeros".
+  config.train.retrofit_motion_head = "copy"
 
   # --- Sampler settings (configs/sampling.py), used by the samples evaluator.
   config.sample = sampling.get_config()

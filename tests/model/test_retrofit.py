@@ -79,6 +79,17 @@ def test_motion_head_starts_as_a_copy_of_the_video_head(tiny_jam, trained_base, 
     jax.tree.map(np.testing.assert_array_equal, jam_params[name], trained_base[name])
 
 
+def test_motion_head_can_start_at_zero(tiny_base, tiny_jam, trained_base, model_inputs):
+  jam_params = retrofit.base_to_jam(trained_base, tiny_jam.init_params, motion_head="zeros")
+  for name in ("kernel", "bias"):
+    np.testing.assert_array_equal(jam_params["motion_head"][name], 0)
+  _, u_d = tiny_jam.apply(jam_params, *_args(model_inputs))
+  np.testing.assert_array_equal(u_d, 0)   # no motion prediction until it learns one
+  assert_same_video_output(tiny_base, tiny_jam, trained_base, jam_params, model_inputs)
+  with pytest.raises(retrofit.RetrofitError, match="choose from"):
+    retrofit.base_to_jam(trained_base, tiny_jam.init_params, motion_head="xavier")
+
+
 def test_retrofit_check_can_fail(tiny_base, tiny_jam, trained_base, model_inputs):
   # The same comparison with non-zero motion rows must fail: the test has teeth.
   jam_params = retrofit.base_to_jam(trained_base, tiny_jam.init_params)
@@ -124,9 +135,9 @@ def get_config():
 @start_early("base_run")
 def start_base_run(workdir):
   """`python -m videojam_jax.train` for 2 steps of a tiny baseline, on its own tiny dataset."""
-  from data_pipelines import build_synthetic
+  from data_pipelines import synthetic_dataset
   dataset_dir = str(workdir / "data")
-  build_synthetic.build(tiny_config(dataset_dir, jam=False))
+  synthetic_dataset.build(tiny_config(dataset_dir, jam=False))
   config_path = workdir / "base_config.py"
   config_path.write_text(BASE_RUN_CONFIG.format(dataset_dir=dataset_dir))
   xla_flags = " ".join(f"--{k}={str(v).lower()}" for k, v in FAST_COMPILE.items())

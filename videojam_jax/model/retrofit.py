@@ -82,14 +82,22 @@ def _leaf_paths(tree: Any, prefix: str = "") -> set[str]:
       if tree else set()
 
 
-def base_to_jam(base_params: dict[str, Any], jam_params_like: dict[str, Any]) -> dict[str, Any]:
+MOTION_HEAD_INITS = ("copy", "zeros")
+
+
+def base_to_jam(base_params: dict[str, Any], jam_params_like: dict[str, Any],
+                motion_head: str = "copy") -> dict[str, Any]:
   """Base parameters + zero motion input rows + a motion head (jnp; jit it to place them).
 
   `jam_params_like` (arrays or ShapeDtypeStructs) gives the target structure.
-  The motion head starts as a copy of the video head: motion videos go through
-  the same autoencoder as the frames, so the video head is the nearest sensible
-  start, and it changes nothing about the video output.
+  motion_head "copy" (the default) starts the motion head as a copy of the video
+  head: motion videos go through the same autoencoder as the frames, so the video
+  head is the nearest sensible start, with the video head's output scale. "zeros"
+  starts it at zero (the motion prediction is 0 until it learns). Neither changes
+  the video output.
   """
+  if motion_head not in MOTION_HEAD_INITS:
+    raise RetrofitError(f"motion head init {motion_head!r}: choose from {MOTION_HEAD_INITS}")
   if is_jam(base_params):
     raise RetrofitError("checkpoint is already a VideoJAM model; load it directly")
   layout = _layout(jam_params_like)
@@ -104,5 +112,6 @@ def base_to_jam(base_params: dict[str, Any], jam_params_like: dict[str, Any]) ->
   motion_input = _get(jam_params_like, layout["motion_input"])
   params = _with(base_params, layout["motion_input"],
                  jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), motion_input))
-  return _with(params, layout["motion_head"],
-               jax.tree.map(jnp.array, _get(base_params, layout["video_head"])))
+  video_head = _get(base_params, layout["video_head"])
+  init = jnp.array if motion_head == "copy" else jnp.zeros_like
+  return _with(params, layout["motion_head"], jax.tree.map(init, video_head))

@@ -6,6 +6,7 @@ import ml_collections
 
 from videojam_jax.evaluation import evaluators
 from videojam_jax.model import dit as model_lib
+from videojam_jax.model import retrofit
 from videojam_jax.training import metric_writer
 
 
@@ -35,6 +36,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if m.get("motion_input_init", "zeros") not in model_lib.MOTION_INPUT_INITS:
     problems.append(f"model.motion_input_init={m.motion_input_init!r}; choose from "
                     f"{model_lib.MOTION_INPUT_INITS}")
+  if t.retrofit_motion_head not in retrofit.MOTION_HEAD_INITS:
+    problems.append(f"train.retrofit_motion_head={t.retrofit_motion_head!r}; choose from "
+                    f"{retrofit.MOTION_HEAD_INITS}")
   lora = m.get("lora")
   if lora is not None and int(lora.get("rank", 0)):
     if family != "wan":

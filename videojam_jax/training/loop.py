@@ -94,7 +94,8 @@ def initial_state(exp: experiment_lib.Experiment, tx, train_config: ml_collectio
   params = None
   if train_config.init_from:
     params = runs.load_params(exp.model, train_config.init_from, train_config.init_from_weights,
-                              adapter_key=jax.random.key(seed))
+                              adapter_key=jax.random.key(seed),
+                              motion_head=train_config.retrofit_motion_head)
     logging.info("initialised from %s (%s weights)", train_config.init_from,
                  train_config.init_from_weights)
   return state_lib.init_state(exp.model, tx, jax.random.key(seed), params)

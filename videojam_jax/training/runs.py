@@ -98,21 +98,23 @@ def run_info(name: str, workdir: str,
 
 
 def load_params(model: functional.FunctionalModel, path: str, which: str = "ema", *,
-                step: int | None = None, adapter_key: jax.Array | None = None) -> Any:
+                step: int | None = None, adapter_key: jax.Array | None = None,
+                motion_head: str = "copy") -> Any:
   """A run's `which` weights ('ema' | 'params') in `model`'s shardings.
 
   `path` is a run's workdir or its checkpoints/ folder, or (for a Wan model) a
   diffusers Wan transformer folder or pipeline folder, e.g. the downloaded
   Wan2.1-T2V-1.3B-Diffusers. A base checkpoint loaded into a VideoJAM model is
   retrofitted (`retrofit.base_to_jam`: zero motion input rows, the motion head a
-  copy of the video head); a VideoJAM checkpoint cannot go into a baseline model.
+  copy of the video head, or zeros with motion_head="zeros"); a VideoJAM checkpoint
+  cannot go into a baseline model.
   A LoRA model (model.lora) loading weights without adapters gets fresh ones from
   `adapter_key` (default key 0): B = 0, so it starts as those weights.
   """
   target = model.abstract_params
   if model.lora is None or _has_adapters(path, which, step):
-    return _load(model, target, path, which, step)
-  weights = _load(model, lora_lib.without_adapters(target), path, which, step)
+    return _load(model, target, path, which, step, motion_head)
+  weights = _load(model, lora_lib.without_adapters(target), path, which, step, motion_head)
   key = jax.random.key(0) if adapter_key is None else adapter_key
   return lora_lib.merge(weights, model.init_adapters(key))
 
@@ -124,12 +126,12 @@ def _has_adapters(path: str, which: str, step: int | None) -> bool:
 
 
 def _load(model: functional.FunctionalModel, target: Any, path: str, which: str,
-          step: int | None) -> Any:
+          step: int | None, motion_head: str = "copy") -> Any:
   """`path`'s weights as the tree `target` (the model's parameters, or part of them)."""
   out_shardings = jax.tree.map(lambda a: a.sharding, target)
   diffusers_dir = wan_weights.transformer_dir(path)
   if diffusers_dir is not None:
-    return _load_diffusers_wan(model, target, diffusers_dir)
+    return _load_diffusers_wan(model, target, diffusers_dir, motion_head)
   saved = checkpoints.params_metadata(path, which, step=step)
   if lora_lib.has_adapters(saved) and not lora_lib.has_adapters(target):
     raise lora_lib.LoraConfigError(
@@ -139,14 +141,16 @@ def _load(model: functional.FunctionalModel, target: Any, path: str, which: str,
   if model.jam and not retrofit.is_jam(saved):
     base = checkpoints.load_params(path, which, retrofit.base_params_like(target), step=step)
     with model.plan.active():
-      return jax.jit(lambda p: retrofit.base_to_jam(p, target), out_shardings=out_shardings)(base)
+      return jax.jit(lambda p: retrofit.base_to_jam(p, target, motion_head),
+                     out_shardings=out_shardings)(base)
   if not model.jam and retrofit.is_jam(saved):
     raise retrofit.RetrofitError(
         f"{path}: a VideoJAM checkpoint cannot be loaded into a baseline model (model.jam=False)")
   return checkpoints.load_params(path, which, target, step=step)
 
 
-def _load_diffusers_wan(model: functional.FunctionalModel, target: Any, directory: str) -> Any:
+def _load_diffusers_wan(model: functional.FunctionalModel, target: Any, directory: str,
+                        motion_head: str = "copy") -> Any:
   if "transformer" not in target:
     raise retrofit.RetrofitError(f"{directory} is a diffusers Wan transformer; it initialises "
                                  "model.family='wan' models only")
@@ -159,7 +163,7 @@ def _load_diffusers_wan(model: functional.FunctionalModel, target: Any, director
   if not model.jam:
     return base
   with model.plan.active():
-    return jax.jit(lambda p: retrofit.base_to_jam(p, target),
+    return jax.jit(lambda p: retrofit.base_to_jam(p, target, motion_head),
                    out_shardings=jax.tree.map(lambda a: a.sharding, target))(base)
 
 

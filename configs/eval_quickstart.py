@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Metrics (videojam_jax/evaluation/motion_metrics.py) and the page.
   config.metrics = ml_collections.ConfigDict()
   config.metrics.dis_preset = "medium"   # OpenCV DIS flow preset: ultrafast | fast | medium
+  # Synthetic scenes only: per clip, are the captioned objects there and moving as
+  # captioned (evaluation/object_check.py: objects_present, objects_moving, clip_correct)?
+  config.metrics.object_check = False
   config.metrics.fps = 0.0               # frame rate for dynamic_degree and videos; 0 = the run's evals.samples.fps
   config.report = ml_collections.ConfigDict()
   config.report.title = "VideoJAM quickstart: baseline vs VideoJAM, CFG vs Inner-Guidance"

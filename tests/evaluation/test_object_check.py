@@ -65,6 +65,23 @@ def test_a_wrong_colour_or_a_reversed_clip_fails():
   assert oc.summarize(videos, recoloured)["objects_present"] <= 0.1
 
 
+def test_clip_scores_are_per_clip_fractions():
+  clips = [c for c in _clips(40) if c.scene.objects[0].motion.describe().startswith("moving")][:6]
+  videos, captions = [c.video for c in clips], [c.caption for c in clips]
+  scores = [oc.clip_scores(v, c) for v, c in zip(videos, captions)]
+  assert all(s == {"objects_present": 1.0, "objects_moving": 1.0, "clip_correct": 1.0}
+             for s in scores)
+  backwards = oc.clip_scores(videos[0][::-1], captions[0])
+  assert backwards == {"objects_present": 1.0, "objects_moving": 0.0, "clip_correct": 0.0}
+  # With one object per clip, their mean is what summarize reports.
+  mixed = videos[:3] + [v[::-1] for v in videos[3:]]
+  summary = oc.summarize(mixed, captions)
+  means = {k: np.mean([oc.clip_scores(v, c)[k] for v, c in zip(mixed, captions)])
+           for k in ("objects_present", "objects_moving", "clip_correct")}
+  assert summary["objects_moving"] == means["objects_moving"] == 0.5
+  assert summary["clips_correct"] == means["clip_correct"]
+
+
 def test_a_static_frame_does_not_move_as_captioned():
   clip = next(c for c in _clips(60) if c.scene.objects[0].motion.describe() == "falling under gravity")
   frozen = np.repeat(clip.video[:1], T, axis=0)

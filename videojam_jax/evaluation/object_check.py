@@ -168,6 +168,15 @@ def check_clip(video: np.ndarray, caption: str) -> list[ObjectVerdict]:
   return [check_object(labels, obj) for obj in parse_caption(caption)]
 
 
+def clip_scores(video: np.ndarray, caption: str) -> dict[str, float]:
+  """One clip's fractions of captioned objects present and moving as captioned, and
+  clip_correct (1.0 when every object is both): per-clip values to average or resample."""
+  verdicts = check_clip(video, caption)
+  return {"objects_present": float(np.mean([v.present for v in verdicts])),
+          "objects_moving": float(np.mean([v.moves_as_captioned for v in verdicts])),
+          "clip_correct": float(all(v.moves_as_captioned for v in verdicts))}
+
+
 def summarize(videos: Sequence[np.ndarray], captions: Sequence[str]) -> dict[str, float]:
   """Fractions over clips: objects_present (of all captioned objects), objects_moving
   (present and moving as captioned, of all objects), clips_correct (clips whose every

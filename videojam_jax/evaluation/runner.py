@@ -4,8 +4,10 @@
 (configs/eval_quickstart.py documents the config). The workdir gets:
 
   eval_config.json          the config used
-  runs/<model>/<setting>/   clips/*.mp4 (video and motion) and result.json per setting
-  metrics.csv, metrics.json mean and std over clips of every metric, per (model, setting)
+  runs/<model>/<setting>/   clips/*.mp4 (video and motion), clips.npz (the same clips as
+                            uint8 arrays with captions and seeds), settings.json, result.json
+  metrics.csv, metrics.json mean, std and bootstrap 95% interval over clips of every
+                            metric, per (model, setting)
   plots/metrics_vs_*.png    metrics against each swept numeric setting
   index.html                the clips side by side, with their metrics
 
@@ -20,6 +22,8 @@ tables, plots and page are `evaluation.report`'s.
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 import time
 from typing import Any
@@ -28,12 +32,15 @@ from absl import logging
 from etils import epath
 import jax
 import ml_collections
+import numpy as np
 
 from videojam_jax import files
 from videojam_jax.data import pipeline
 from videojam_jax.evaluation import evaluators
 from videojam_jax.evaluation import report
+from videojam_jax.evaluation import object_check
 from videojam_jax.evaluation import result_store
+from videojam_jax.evaluation import statistics
 from videojam_jax.evaluation import sweep as sweep_lib
 from videojam_jax.evaluation.evaluators import heldout_loss
 from videojam_jax.evaluation.evaluators import samples as samples_eval
@@ -43,6 +50,8 @@ from videojam_jax.training import runs
 
 RUNS_DIR = "runs"
 CLIPS_DIR = "clips"
+ARRAYS_FILE = "clips.npz"       # every clip of a (model, setting) as uint8 arrays
+SETTINGS_FILE = "settings.json"
 
 
 @dataclasses.dataclass
@@ -54,6 +63,7 @@ class EvalSummary:
   skipped: list[sweep_lib.Skipped]
   csv_path: str
   json_path: str
+  markdown_path: str
   plots: list[str]
   page: str
 
@@ -129,7 +139,29 @@ def heldout_losses(config: ml_collections.ConfigDict, model: runs.LoadedModel) -
   if config.prompts.dataset_dir:
     exp.config.data.dataset_dir = config.prompts.dataset_dir
   evaluator = heldout_loss.Evaluator(options, evaluators.EvalContext(exp, None))
-  return {f"heldout/{k}": v for k, v in evaluator.run(model.params, model.info.step)}
+  out = {}
+  for name, losses in evaluator.per_clip(model.params).items():   # [clips, times]
+    for t, column in zip(evaluator.times, losses.T):
+      out[f"heldout/{name}_t{t:g}"] = float(column.mean())
+    per_clip = losses.mean(axis=1)
+    out[f"heldout/{name}"] = float(per_clip.mean())
+    low, high = statistics.bootstrap_ci(per_clip)   # over held-out clips
+    out[f"heldout/{name}_ci_low"], out[f"heldout/{name}_ci_high"] = low, high
+  return out
+
+
+def write_arrays(path: epath.Path, clips: list[samples_eval.Clip]) -> None:
+  """Every clip of a setting in one .npz, to re-score without sampling again: videos (and
+  motions, VideoJAM models) uint8 [N, T, H, W, 3], captions [N], seeds [N], prompt_index [N]."""
+  arrays = {"videos": np.stack([c.video for c in clips]),
+            "captions": np.array([c.prompt for c in clips]),
+            "seeds": np.array([c.seed for c in clips], np.int64),
+            "prompt_index": np.array([c.prompt_index for c in clips], np.int64)}
+  if clips[0].motion is not None:
+    arrays["motions"] = np.stack([c.motion for c in clips])
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  files.atomic_write(path, buffer.getvalue())
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> EvalSummary:
@@ -163,7 +195,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             "settings": settings, "prompts": prompts, "seeds": seeds,
             "batch_size": config.batch_size, "dis_preset": config.metrics.dis_preset,
             "fps": _fps(config, info), "min_side": config.report.min_side,
-            "heldout": config.heldout.to_dict()}
+            "heldout": config.heldout.to_dict(),
+            # Only when on, so that results made before the option existed stay valid.
+            **({"object_check": True} if config.metrics.object_check else {})}
 
   models = _Models(infos, config.weights)
   samplers: dict[tuple[str, sampler_lib.SamplerSettings], sampler_lib.Sampler] = {}
@@ -192,6 +226,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
         text_scale=job.settings.text_scale, motion_scale=job.settings.motion_scale)
     sampled = time.time()
     scores = samples_eval.score_clips(clips, sigma=sigma, fps=fps, preset=config.metrics.dis_preset)
+    if config.metrics.object_check:
+      for clip, metrics in zip(clips, scores):
+        metrics.update(object_check.clip_scores(clip.video, clip.prompt))
+    write_arrays(stage / ARRAYS_FILE, clips)
+    files.atomic_write(stage / SETTINGS_FILE, json.dumps(
+        {"model": job.model, "workdir": info.workdir, "checkpoint_step": info.step,
+         "weights": config.weights, "settings": dataclasses.asdict(job.settings),
+         "num_prompts": len(prompts), "seeds": list(seeds)}, indent=1))
     records = []
     for clip, metrics in zip(clips, scores):
       name = f"p{clip.prompt_index:03d}_seed{clip.seed}"
@@ -215,7 +257,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
            "from the same video noise in every column."] + skip_notes(skipped)
   written = report.write_report(done.results, store.root, workdir, title=config.report.title,
                                 notes=notes)
-  logging.info("wrote %s, %s, %d plot(s) and %s", written.csv_path, written.json_path,
-               len(written.plots), written.page)
+  logging.info("wrote %s, %s, %s, %d plot(s) and %s", written.csv_path, written.json_path,
+               written.markdown_path, len(written.plots), written.page)
   return EvalSummary(done.results, done.generated, done.reused, skipped, written.csv_path,
-                     written.json_path, written.plots, written.page)
+                     written.json_path, written.markdown_path, written.plots, written.page)

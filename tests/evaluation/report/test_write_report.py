@@ -56,9 +56,11 @@ def test_write_report_writes_every_file_and_links_the_clips(tmp_path):
   out = tmp_path / "report"
   files = report.write_report(results, store.root, out, title="Sweep <1>",
                               notes=["Two prompts.", "Not sampled for baseline: Inner-Guidance."])
-  csv_path, json_path, plot_paths, page_path = files  # a plain tuple too
-  assert (csv_path, json_path, page_path) == (
-      str(out / "metrics.csv"), str(out / "metrics.json"), str(out / "index.html"))
+  csv_path, json_path, markdown_path, plot_paths, page_path = files  # a plain tuple too
+  assert (csv_path, json_path, markdown_path, page_path) == (
+      str(out / "metrics.csv"), str(out / "metrics.json"), str(out / "metrics.md"),
+      str(out / "index.html"))
+  assert open(markdown_path).read().startswith("| model | setting | clips | warping_error")
   assert plot_paths == [str(out / "plots" / "metrics_vs_motion_scale.png")]
   assert files.page == page_path and files.plots == plot_paths
   with open(csv_path, newline="") as f:

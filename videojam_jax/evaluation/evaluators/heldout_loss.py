@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from videojam_jax.data import pipeline
 from videojam_jax.evaluation import evaluators
@@ -49,9 +50,7 @@ class Evaluator:
     jam = self._model.jam
 
     def losses(params, batch, t, key):
-      per_clip = flow_matching.fixed_time_losses(self._model.apply, params, batch, t, key, jam)
-      weight = batch["weight"]
-      return {k: jnp.sum(v * weight) for k, v in per_clip.items()}
+      return flow_matching.fixed_time_losses(self._model.apply, params, batch, t, key, jam)
 
     self._losses = jax.jit(losses)
 
@@ -80,19 +79,24 @@ class Evaluator:
     total = int(jax.device_get(sum(jnp.sum(b["weight"]) for b in batches)))
     return batches, total
 
-  def run(self, params: Any, step: int) -> Iterator[tuple[str, float]]:
-    del step
-    sums: dict[str, list[jax.Array]] = {}
+  def per_clip(self, params: Any) -> dict[str, np.ndarray]:
+    """Each loss of each held-out clip at each time: name -> [num_clips, len(times)]."""
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    per_time: dict[str, list[list[np.ndarray]]] = {}
     with self._plan.active():
       for i, t in enumerate(self.times):
         key = jax.random.fold_in(self._key, i)
         for batch in self._batches:
+          keep = gather(batch["weight"]) > 0   # padding rows of the last batch
           for name, value in self._losses(params, batch, jnp.float32(t), key).items():
-            sums.setdefault(name, [jnp.zeros(())] * len(self.times))
-            sums[name][i] = sums[name][i] + value
-    host = jax.device_get(sums)
-    for name, per_time in host.items():
-      means = [float(v) / self.num_clips for v in per_time]
+            per_time.setdefault(name, [[] for _ in self.times])[i].append(gather(value)[keep])
+    return {name: np.stack([np.concatenate(chunks) for chunks in columns], axis=1)
+            for name, columns in per_time.items()}
+
+  def run(self, params: Any, step: int) -> Iterator[tuple[str, float]]:
+    del step
+    for name, losses in self.per_clip(params).items():
+      means = losses.mean(axis=0)
       for t, mean in zip(self.times, means):
-        yield f"{name}_t{t:g}", mean
+        yield f"{name}_t{t:g}", float(mean)
       yield name, float(np.mean(means))

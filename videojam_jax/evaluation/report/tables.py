@@ -1,8 +1,9 @@
 """The summary table of a sweep: one row per (model, setting), written as CSV and JSON.
 
-Each row has the setting's fields and, per metric, the mean and std over the
-result's clips (prompts x seeds). In the CSV a NaN is an empty cell, in the
-JSON it is null (strict JSON).
+Each row has the setting's fields and, per metric, the mean, the std and the
+bootstrap 95% interval of the mean over the result's clips (prompts x seeds).
+In the CSV a NaN is an empty cell, in the JSON it is null (strict JSON). The
+markdown table shows each metric as mean [low, high].
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from videojam_jax import files
 from videojam_jax.evaluation import result_store
+from videojam_jax.evaluation import statistics
 from videojam_jax.evaluation.report import fields
 
 
@@ -38,6 +41,7 @@ def summary_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 if name in c["metrics"]]
       row[f"{name}_mean"] = float(np.mean(values)) if values else float("nan")
       row[f"{name}_std"] = float(np.std(values)) if values else float("nan")
+      row[f"{name}_ci_low"], row[f"{name}_ci_high"] = statistics.bootstrap_ci(values)
     # Per-model measurements that do not depend on the sampler (e.g. heldout/video_loss).
     row.update({k: fields.metric_value(v) for k, v in result.get("model_metrics", {}).items()})
     rows.append(row)
@@ -58,3 +62,41 @@ def write_tables(rows: Sequence[Mapping[str, Any]], csv_path: epath.PathLike,
                        for k, v in row.items()})
   files.atomic_write(json_path, json.dumps(result_store.json_safe(list(rows)), indent=1,
                                            allow_nan=False))
+
+
+def _interval(row: Mapping[str, Any], name: str) -> str:
+  """'0.123 [0.101, 0.145]' (or '-' where the value is missing or NaN)."""
+  value = row.get(name)
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "-"
+  low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+  if low is None or high is None or math.isnan(low) or math.isnan(high):
+    return f"{value:.4g}"
+  return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """The rows as a markdown table: model, setting, clips, then every metric (and each
+  model-level value such as heldout/*) as mean [95% interval]."""
+  metrics = []
+  for row in rows:
+    for key in row:
+      if key.endswith("_mean"):
+        name = key[:-len("_mean")]
+        entry = (name, key)
+      elif key.startswith("heldout/") and not re.search(r"_t[0-9.]+$|_ci_(low|high)$", key):
+        entry = (key, key)
+      else:
+        continue
+      if entry not in metrics:
+        metrics.append(entry)
+  header = ["model", "setting", "clips"] + [label for label, _ in metrics]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [str(row["model"]), str(row["setting"]), str(row.get("num_clips", ""))]
+    for label, key in metrics:
+      ci_row = {key: row.get(key), f"{key}_ci_low": row.get(f"{label}_ci_low"),
+                f"{key}_ci_high": row.get(f"{label}_ci_high")}
+      cells.append(_interval(ci_row, key))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

@@ -18,13 +18,17 @@ Read back (no TensorFlow needed):
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Sequence
 
 from etils import epath
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import synthetic_physics
+from data_pipelines import tfds_prepare
 from videojam_jax.data import clip_records
 from videojam_jax.data import motion_encoding
 
@@ -152,3 +156,32 @@ class SyntheticPhysics(tfds.core.GeneratorBasedBuilder):
     config: SyntheticPhysicsConfig = self.builder_config
     for index in range(num_clips):
       yield clip_id(split, index), make_example(config, split, index)
+
+
+def builder_for(config: ml_collections.ConfigDict) -> SyntheticPhysics:
+  """The TFDS builder for the synthetic dataset that `config` describes."""
+  data, synthetic = config.data, config.data.synthetic
+  builder_config = make_builder_config(
+      num_train_clips=synthetic.num_train_clips, num_eval_clips=synthetic.num_eval_clips,
+      num_frames=data.num_frames, height=data.height, width=data.width,
+      seed=synthetic.seed, max_objects=synthetic.max_objects, fps=synthetic.fps,
+      flow_sigma=data.flow_sigma, background_kinds=tuple(synthetic.background_kinds))
+  return SyntheticPhysics(
+      config=builder_config, data_dir=os.fspath(data.dataset_dir),
+      file_format=FILE_FORMAT)
+
+
+def build(config: ml_collections.ConfigDict) -> str:
+  """Builds the dataset unless it already exists; returns its version directory."""
+  builder = builder_for(config)
+  path = os.fspath(builder.data_dir)
+  if builder.is_prepared():
+    print(f"Already built, nothing to do: {path}")
+    return path
+  start = time.time()
+  tfds_prepare.prepare(builder)
+  splits = builder.info.splits
+  counts = ", ".join(f"{name}: {splits[name].num_examples}" for name in splits)
+  print(f"Wrote {path} ({counts} clips of {config.data.num_frames}x"
+        f"{config.data.height}x{config.data.width}) in {time.time() - start:.1f}s")
+  return path

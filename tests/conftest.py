@@ -94,9 +94,9 @@ def make_tiny_config() -> Callable[..., ml_collections.ConfigDict]:
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> tuple[str, str]:
   """(dataset_dir, version_dir) of a 16-train / 4-eval synthetic dataset at 4x16x16."""
-  from data_pipelines import build_synthetic
+  from data_pipelines import synthetic_dataset
   dataset_dir = str(tmp_path_factory.mktemp("synthetic"))
-  return dataset_dir, build_synthetic.build(tiny_config(dataset_dir))
+  return dataset_dir, synthetic_dataset.build(tiny_config(dataset_dir))
 
 
 def perturb(params: Any, seed: int, scale: float = 0.2,

@@ -198,8 +198,8 @@ def distinct_clips(batches: list[list[dict[str, np.ndarray]]]) -> tuple[int, int
 
 
 def build(args: argparse.Namespace) -> None:
-  from data_pipelines import build_synthetic  # pylint: disable=g-import-not-at-top
-  build_synthetic.build(worker_config(args.dataset_dir))   # no-op when the dataset is there
+  from data_pipelines import synthetic_dataset  # pylint: disable=g-import-not-at-top
+  synthetic_dataset.build(worker_config(args.dataset_dir))   # no-op when the dataset is there
 
 
 def reference(args: argparse.Namespace) -> None:

@@ -45,8 +45,8 @@ trainer.train_and_evaluate(config, root + "/" + name)
 @start_early("eval_models")
 def start_training(workdir):
   """Builds a tiny dataset, then trains both tiny models for 3 steps in two parallel processes."""
-  from data_pipelines import build_synthetic  # pylint: disable=g-import-not-at-top
-  build_synthetic.build(tiny_config(str(workdir / "data")))
+  from data_pipelines import synthetic_dataset  # pylint: disable=g-import-not-at-top
+  synthetic_dataset.build(tiny_config(str(workdir / "data")))
   script = workdir / "train.py"
   script.write_text(TRAIN_SCRIPT)
   train = f"{sys.executable} {script} {workdir}"

@@ -15,7 +15,7 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from data_pipelines import build_synthetic
+from data_pipelines import synthetic_dataset
 from videojam_jax.training import checkpoints
 
 from tests.conftest import HIDE_TENSORFLOW
@@ -37,7 +37,7 @@ def common_args(tmp_path_factory, compile_cache):
   """Overrides shared by every run here: a tiny synthetic dataset and the XLA cache."""
   config = tiny.get_config()
   config.data.dataset_dir = str(tmp_path_factory.mktemp("data"))
-  build_synthetic.build(config)
+  synthetic_dataset.build(config)
   return [f"--config.data.dataset_dir={config.data.dataset_dir}",
           f"--config.compilation_cache_dir={compile_cache}"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from data_pipelines import build_synthetic
+from data_pipelines import synthetic_dataset
 from tests.conftest import REPO
 from tests.conftest import subprocess_env
 from videojam_jax.data import pipeline
@@ -33,7 +33,7 @@ CHECKPOINT_EVERY, NUM_STEPS = 2, 8
 def dataset(tmp_path_factory):
   config = tiny.get_config()
   config.data.dataset_dir = str(tmp_path_factory.mktemp("data"))
-  build_synthetic.build(config)
+  synthetic_dataset.build(config)
   return config.data.dataset_dir
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from configs import wan_tiny
-from data_pipelines import build_synthetic
+from data_pipelines import synthetic_dataset
 from data_pipelines import caption_embeddings
 from tests.conftest import REPO
 from tests.conftest import subprocess_env
@@ -52,7 +52,7 @@ def dataset(tmp_path_factory):
   """(dataset_dir, umT5 caption embeddings .npz)."""
   config = wan_tiny.get_config()
   config.data.dataset_dir = str(tmp_path_factory.mktemp("data"))
-  build_synthetic.build(config)
+  synthetic_dataset.build(config)
   config.model.text.update(TEXT)
   config.data.text_encoder = str(PIPELINE)
   config.data.text_embeddings = str(tmp_path_factory.mktemp("text") / "umt5.npz")

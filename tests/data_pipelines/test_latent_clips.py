@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import wan_tiny
-from data_pipelines import build_synthetic
+from data_pipelines import synthetic_dataset
 from data_pipelines import latent_clips
 from tests.conftest import REPO
 from tests.conftest import subprocess_env
@@ -37,7 +37,7 @@ def config_for(root):
   config.data.num_frames, config.data.height, config.data.width = 5, 16, 16
   config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = 6, 2
   config.data.dataset_dir = str(root / "pixels")
-  build_synthetic.build(config)
+  synthetic_dataset.build(config)
   config.data.latents.source_dir = str(root / "pixels")
   config.data.latents.vae = str(VAE)
   config.data.latents.batch_size = 4
@@ -110,7 +110,7 @@ def test_source_clips_the_vae_cannot_encode_are_refused(tmp_path):
   config.data.latents.source_dir = str(tmp_path / "four_frames")
   four = config.copy_and_resolve_references()
   four.data.num_frames, four.data.dataset_dir = 4, str(tmp_path / "four_frames")
-  build_synthetic.build(four)
+  synthetic_dataset.build(four)
   with pytest.raises(clip_records.DatasetMismatchError, match="1 \\+ 4k frames"):
     latent_clips.build(config)
 

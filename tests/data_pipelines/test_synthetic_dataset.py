@@ -10,7 +10,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import quickstart
-from data_pipelines import build_synthetic
 from data_pipelines import synthetic_dataset
 from data_pipelines import synthetic_physics
 from videojam_jax.data import clip_records
@@ -33,7 +32,7 @@ def _tiny_config(dataset_dir, **synthetic):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   config = _tiny_config(tmp_path_factory.mktemp("data"))
-  return config, build_synthetic.build(config)
+  return config, synthetic_dataset.build(config)
 
 
 def test_layout_is_tfds_data_dir(built):
@@ -110,7 +109,7 @@ def test_clips_are_the_renderer_output_and_splits_disjoint(built):
 def test_rebuild_is_a_noop(built, capsys):
   config, path = built
   before = {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in os.listdir(path)}
-  assert build_synthetic.build(config) == path
+  assert synthetic_dataset.build(config) == path
   assert "Already built" in capsys.readouterr().out
   after = {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in os.listdir(path)}
   assert before == after
@@ -119,7 +118,7 @@ def test_rebuild_is_a_noop(built, capsys):
 def test_other_sizes_get_their_own_folder(built, tmp_path):
   config, path = built
   bigger = _tiny_config(config.data.dataset_dir, num_train_clips=NUM_TRAIN + 2)
-  other = build_synthetic.build(bigger)
+  other = synthetic_dataset.build(bigger)
   assert other != path and os.path.isdir(path)
   source = tfds.builder_from_directory(other).as_data_source("train")
   assert len(source) == NUM_TRAIN + 2

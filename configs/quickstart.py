@@ -116,7 +116,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.99
   config.optim.weight_decay = 0.01
-  config.optim.grad_clip_norm = 1.0
+  config.optim.grad_clip_norm = 1.0     # global-norm clipping; 0 = none
   config.optim.ema_decay = 0.99
   config.optim.grad_accum_steps = 1
 

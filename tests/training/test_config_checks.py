@@ -40,6 +40,8 @@ def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
     ("optim.grad_accum_steps", 0, r"optim.grad_accum_steps=0"),
     ("loss.text_dropout", 1.0, r"loss.text_dropout=1.0 must be in \[0, 1\)"),
     ("loss.motion_dropout", -0.1, r"loss.motion_dropout=-0.1 must be in \[0, 1\)"),
+    ("loss.motion_weight", -1.0, r"loss.motion_weight=-1.0 must be >= 0"),
+    ("optim.grad_clip_norm", -1.0, r"optim.grad_clip_norm=-1.0 must be >= 0 \(0: no clipping\)"),
     ("optim.ema_decay", 1.0, r"optim.ema_decay=1.0 must be in \[0, 1\)"),
     ("train.log_every", 0, r"train.log_every must be >= 1"),
     ("train.checkpoint_every", 0, r"train.checkpoint_every must be >= 1"),

@@ -69,6 +69,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ("text_dropout", "motion_dropout"):
     if not 0.0 <= config.loss[name] < 1.0:
       problems.append(f"loss.{name}={config.loss[name]} must be in [0, 1)")
+  if not config.loss.motion_weight >= 0.0:
+    problems.append(f"loss.motion_weight={config.loss.motion_weight} must be >= 0")
+  if not config.optim.grad_clip_norm >= 0.0:
+    problems.append(f"optim.grad_clip_norm={config.optim.grad_clip_norm} must be >= 0 (0: no "
+                    "clipping)")
   if not 0.0 <= config.optim.ema_decay < 1.0:
     problems.append(f"optim.ema_decay={config.optim.ema_decay} must be in [0, 1)")
   for name in ("log_every", "checkpoint_every"):

@@ -67,9 +67,12 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> 
 
 
 def create_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping + AdamW on the warmup/decay schedule (config.optim)."""
+  """Global-norm clipping (off at grad_clip_norm=0) + AdamW on the warmup/decay schedule."""
+  # clip_by_global_norm(0) would scale every gradient to zero; 0 means "no clipping".
+  clip = (optax.clip_by_global_norm(optim.grad_clip_norm) if optim.grad_clip_norm > 0
+          else optax.identity())
   return optax.chain(
-      optax.clip_by_global_norm(optim.grad_clip_norm),
+      clip,
       optax.adamw(learning_rate_schedule(optim, num_steps),
                   b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import csv
 import json
 import math
 import os
@@ -313,14 +312,7 @@ def table_rows(results: Sequence[Mapping[str, Any]], stages: Mapping[str, Any],
 
 
 def _fmt(row: Mapping[str, Any], key: str) -> str:
-  value = row.get(key)
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return "-"
-  low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
-  if low is None or (isinstance(low, float) and math.isnan(low)):
-    return f"{value:+.4g}" if key.endswith("_diff") else f"{value:.4g}"
-  sign = "+" if key.endswith("_diff") else ""
-  return f"{value:{sign}.4g} [{low:{sign}.4g}, {high:{sign}.4g}]"
+  return tables.format_interval(row, key, signed=key.endswith("_diff"))
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], stages: Mapping[str, Any], reference: str,
@@ -409,15 +401,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   rows = table_rows(summary.results, stages.data, reference)
   metrics = [m for m in config.report.metrics
              if any(f"{m}_mean" in r for r in rows)]
-  columns: list[str] = []
-  for row in rows:
-    columns += [k for k in row if k not in columns]
-  with files.atomic_open(root / CSV_FILE) as f:
-    writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v
-                       for k, v in row.items()})
+  tables.write_csv(rows, root / CSV_FILE)
   files.atomic_write(root / MARKDOWN_FILE, markdown(rows, stages.data, reference, metrics,
                                                     command))
   if metrics:

@@ -48,31 +48,42 @@ def summary_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   return rows
 
 
-def write_tables(rows: Sequence[Mapping[str, Any]], csv_path: epath.PathLike,
-                 json_path: epath.PathLike) -> None:
-  """The summary rows as CSV (NaN as empty) and as JSON (NaN as null)."""
+def write_csv(rows: Sequence[Mapping[str, Any]], path: epath.PathLike) -> None:
+  """Rows as one CSV, atomically: the union of their keys in first-seen order, NaN as empty."""
   columns: list[str] = []
-  for row in rows:  # union of keys, in first-seen order
+  for row in rows:
     columns += [k for k in row if k not in columns]
-  with files.atomic_open(csv_path) as f:
+  with files.atomic_open(path) as f:
     writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: "" if isinstance(v, float) and math.isnan(v) else v
                        for k, v in row.items()})
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], csv_path: epath.PathLike,
+                 json_path: epath.PathLike) -> None:
+  """The summary rows as CSV (NaN as empty) and as JSON (NaN as null)."""
+  write_csv(rows, csv_path)
   files.atomic_write(json_path, json.dumps(result_store.json_safe(list(rows)), indent=1,
                                            allow_nan=False))
 
 
-def _interval(row: Mapping[str, Any], name: str) -> str:
-  """'0.123 [0.101, 0.145]' (or '-' where the value is missing or NaN)."""
+def _missing(value: Any) -> bool:
+  return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_interval(row: Mapping[str, Any], name: str, signed: bool = False) -> str:
+  """row[name] with row[name_ci_low/high] as '0.123 [0.101, 0.145]' ('-' where the value is
+  missing or NaN, the bare value where the interval is); signed writes '+'/'-' (differences)."""
   value = row.get(name)
-  if value is None or (isinstance(value, float) and math.isnan(value)):
+  if _missing(value):
     return "-"
+  sign = "+" if signed else ""
   low, high = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
-  if low is None or high is None or math.isnan(low) or math.isnan(high):
-    return f"{value:.4g}"
-  return f"{value:.4g} [{low:.4g}, {high:.4g}]"
+  if _missing(low) or _missing(high):
+    return f"{value:{sign}.4g}"
+  return f"{value:{sign}.4g} [{low:{sign}.4g}, {high:{sign}.4g}]"
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -97,6 +108,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for label, key in metrics:
       ci_row = {key: row.get(key), f"{key}_ci_low": row.get(f"{label}_ci_low"),
                 f"{key}_ci_high": row.get(f"{label}_ci_high")}
-      cells.append(_interval(ci_row, key))
+      cells.append(format_interval(ci_row, key))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"

@@ -1,32 +1,24 @@
 """The HTML comparison page: structure, and that its videos play in headless Chromium.
 
-The browser test drives Chromium over the DevTools protocol (--remote-debugging-pipe,
+The browser test drives Chromium over the DevTools protocol (report/headless_browser.py,
 no extra packages) in real time: `--dump-dom --virtual-time-budget` proved racy for
 media, since virtual time can run out before autoplay's tasks run. It is skipped
 only when /usr/bin/chromium is absent (Debian: `apt-get install -y chromium`).
 """
 
-import base64
 import html.parser
-import json
 import os
-import select
-import signal
-import subprocess
-import time
 
 import cv2
 import numpy as np
 import pytest
 
 from videojam_jax.data import motion_encoding
+from videojam_jax.evaluation.report import headless_browser
 from videojam_jax.evaluation.report import page
 from videojam_jax.evaluation.report import plots
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync")
+CHROMIUM = headless_browser.CHROMIUM
 # Tall enough that every video is on screen: Chrome pauses muted autoplay video
 # that is out of view, which would look like a failure here.
 WINDOW = (1400, 1800)
@@ -107,81 +99,6 @@ def test_page_structure_and_relative_links(tmp_path):
   assert headers == list(COLUMNS)
 
 
-class _DevTools:
-  """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe.
-
-  Chromium reads commands from fd 3 and writes replies to fd 4, one JSON
-  message per NUL-terminated record.
-  """
-
-  def __init__(self, profile_dir):
-    to_child, self._writer = os.pipe()
-    self._reader, from_child = os.pipe()
-
-    def _wire_pipes():  # runs in the child before exec
-      os.dup2(to_child, 3)
-      os.dup2(from_child, 4)
-
-    self.proc = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}",
-         f"--window-size={WINDOW[0]},{WINDOW[1]}", "--remote-debugging-pipe", "about:blank"],
-        preexec_fn=_wire_pipes, pass_fds=(3, 4, to_child, from_child),
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(to_child)
-    os.close(from_child)
-    self._buffer = b""
-    self._next_id = 0
-    self.events = []
-
-  def _read_message(self, deadline):
-    while b"\0" not in self._buffer:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0 or not select.select([self._reader], [], [], remaining)[0]:
-        raise TimeoutError("no reply from Chromium")
-      chunk = os.read(self._reader, 1 << 16)
-      if not chunk:
-        raise RuntimeError("Chromium closed the DevTools pipe")
-      self._buffer += chunk
-    raw, self._buffer = self._buffer.split(b"\0", 1)
-    return json.loads(raw)
-
-  def call(self, method, session=None, timeout=TIMEOUT_S, **params):
-    self._next_id += 1
-    message = {"id": self._next_id, "method": method, "params": params}
-    if session:
-      message["sessionId"] = session
-    os.write(self._writer, json.dumps(message).encode() + b"\0")
-    deadline = time.monotonic() + timeout
-    while True:
-      reply = self._read_message(deadline)
-      if "method" in reply:
-        self.events.append(reply["method"])
-      elif reply.get("id") == self._next_id:
-        if "error" in reply:
-          raise RuntimeError(f"{method}: {reply['error']}")
-        return reply["result"]
-
-  def wait_for_event(self, method, timeout=TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while method not in self.events:
-      reply = self._read_message(deadline)
-      if "method" in reply:
-        self.events.append(reply["method"])
-
-  def close(self):
-    try:
-      self.call("Browser.close", timeout=5)
-    except (RuntimeError, TimeoutError, OSError):
-      pass
-    try:
-      self.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      os.killpg(self.proc.pid, signal.SIGKILL)  # the session we started, nothing else
-      self.proc.wait()
-    os.close(self._reader)
-    os.close(self._writer)
-
-
 # Resolves, in the page, once every video has played MIN_PLAYED_S (or failed), or
 # at the deadline, with each video's state. We never call play(): this is autoplay.
 _PROBE_JS = """new Promise(resolve => {
@@ -202,18 +119,14 @@ _PROBE_JS = """new Promise(resolve => {
                     reason=f"{CHROMIUM} absent; install with: apt-get install -y chromium")
 def test_videos_play_in_headless_chromium(tmp_path):
   path, _ = _build_page(tmp_path)
-  browser = _DevTools(tmp_path / "profile")
+  browser = headless_browser.DevTools(tmp_path / "profile", window=WINDOW)
   try:
-    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-    session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    browser.call("Page.enable", session=session)
-    browser.call("Page.navigate", session=session, url=f"file://{os.path.abspath(path)}")
-    browser.wait_for_event("Page.loadEventFired")
+    session = headless_browser.open_page(browser, f"file://{os.path.abspath(path)}")
     probe = _PROBE_JS % {"min_played": MIN_PLAYED_S, "wait_ms": 1000 * (TIMEOUT_S - 10)}
     result = browser.call("Runtime.evaluate", session=session, expression=probe,
                           awaitPromise=True, returnByValue=True)
     videos = result["result"]["value"]
-    shot = browser.call("Page.captureScreenshot", session=session, format="png")
+    png = headless_browser.screenshot(browser, session)
   finally:
     browser.close()
   assert len(videos) == 10
@@ -222,7 +135,6 @@ def test_videos_play_in_headless_chromium(tmp_path):
     assert (video["width"], video["height"]) == (DISPLAY_SIDE, DISPLAY_SIDE), video
     assert video["readyState"] >= 2, video                  # HAVE_CURRENT_DATA or better
     assert not video["paused"] and video["played"] >= MIN_PLAYED_S, video  # autoplaying
-  png = base64.b64decode(shot["data"])
   (tmp_path / "screenshot.png").write_bytes(png)  # kept for a person to look at on failure
   screenshot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
   assert screenshot.shape[1] == WINDOW[0]  # the height excludes the (invisible) window frame

@@ -35,14 +35,11 @@ def main(argv):
   if url.startswith("file://") and not os.path.isfile(url[len("file://"):]):
     raise app.UsageError(f"--page={_PAGE.value!r} is not a file")
   with tempfile.TemporaryDirectory() as profile:
-    browser = headless_browser.DevTools(profile, window=(_WIDTH.value, _HEIGHT.value),
-                                        timeout=_TIMEOUT_S.value)
-    try:
+    with headless_browser.DevTools(profile, window=(_WIDTH.value, _HEIGHT.value),
+                                   timeout=_TIMEOUT_S.value) as browser:
       session = headless_browser.open_page(browser, url)
       time.sleep(_WAIT_S.value)
       png = headless_browser.screenshot(browser, session)
-    finally:
-      browser.close()
   files.atomic_write(_OUT.value, png)
   print(f"wrote {_OUT.value} ({len(png)} bytes)")
 

@@ -5,9 +5,8 @@ r"""The paper's protocol on 2 CPU cores: pretrain a base, fine-tune base vs Vide
 
 videojam_jax/experiments/protocol.py describes the stages and what the workdir
 holds (protocol.md is the table). Rerunning skips finished stages. Ablations are
-more arms, set in a config file that imports this one (config.arms.lm05 =
-"model.jam=True, loss.motion_weight=0.5"; the locked command line can only change an
-existing arm); --config.pretrain.from_workdir=<another protocol's pretrain/> reuses its base.
+more arms, set in a config file that imports this one (configs/protocol_ablations.py;
+the locked command line can only change an existing arm); --config.pretrain.from_workdir=<another protocol's pretrain/> reuses its base.
 
 Scale (CPU, docs/evaluation.md has the settings that led here): 16x16 clips of
 one object on a smooth (mottled) background, the synthetic renderer's physics,

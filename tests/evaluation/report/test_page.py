@@ -22,7 +22,7 @@ CHROMIUM = headless_browser.CHROMIUM
 # Tall enough that every video is on screen: Chrome pauses muted autoplay video
 # that is out of view, which would look like a failure here.
 WINDOW = (1400, 1800)
-TIMEOUT_S = 30.0
+TIMEOUT_S = headless_browser.TIMEOUT_S  # each DevTools call's limit; the probe fits in one
 MIN_PLAYED_S = 0.3     # each video must have played this long, without our calling play()
 T, H, W, FPS = 8, 32, 32, 8.0
 DISPLAY_SIDE = 128     # 32 px clips are upscaled x4 for viewing
@@ -119,16 +119,13 @@ _PROBE_JS = """new Promise(resolve => {
                     reason=f"{CHROMIUM} absent; install with: apt-get install -y chromium")
 def test_videos_play_in_headless_chromium(tmp_path):
   path, _ = _build_page(tmp_path)
-  browser = headless_browser.DevTools(tmp_path / "profile", window=WINDOW)
-  try:
+  with headless_browser.DevTools(tmp_path / "profile", window=WINDOW) as browser:
     session = headless_browser.open_page(browser, f"file://{os.path.abspath(path)}")
     probe = _PROBE_JS % {"min_played": MIN_PLAYED_S, "wait_ms": 1000 * (TIMEOUT_S - 10)}
     result = browser.call("Runtime.evaluate", session=session, expression=probe,
                           awaitPromise=True, returnByValue=True)
     videos = result["result"]["value"]
     png = headless_browser.screenshot(browser, session)
-  finally:
-    browser.close()
   assert len(videos) == 10
   for video in videos:
     assert video["error"] is None, video                    # decoded: H.264 yuv420p

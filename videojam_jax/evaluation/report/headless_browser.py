@@ -26,7 +26,8 @@ TIMEOUT_S = 30.0
 
 
 class DevTools:
-  """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe.
+  """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe (a context
+  manager: leaving it closes the browser).
 
   Chromium reads commands from fd 3 and writes replies to fd 4, one JSON
   message per NUL-terminated record.
@@ -92,6 +93,12 @@ class DevTools:
       reply = self._read_message(deadline)
       if "method" in reply:
         self.events.append(reply["method"])
+
+  def __enter__(self) -> "DevTools":
+    return self
+
+  def __exit__(self, *exc_info: Any) -> None:
+    self.close()
 
   def close(self) -> None:
     """Closes the browser (killing its process group if it does not exit)."""

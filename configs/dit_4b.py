@@ -22,7 +22,7 @@ from configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = quickstart.get_config()   # every field; scale overrides below
+  config = quickstart.defaults()   # every field; scale overrides below
 
   # Latent clips (see the module docstring): 16 x 32 x 32 x 16 per clip.
   config.data.num_frames = 16

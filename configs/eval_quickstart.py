@@ -1,10 +1,13 @@
 """Offline evaluation of the quickstart models: baseline vs VideoJAM, CFG vs Inner-Guidance.
 
+  python -m videojam_jax.train --config configs/quickstart.py:base --workdir workdirs/quickstart_base
   python -m videojam_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
   python -m videojam_jax.train --config configs/quickstart.py --workdir workdirs/quickstart_baseline \
       --config.model.jam=False
   python -m videojam_jax.evaluate --config configs/eval_quickstart.py --workdir workdirs/eval_quickstart
 
+The baseline continues the base for the same steps as the VideoJAM fine-tune (both
+start from workdirs/quickstart_base), so the two differ only in VideoJAM.
 Each model's architecture and data shape come from its workdir's config.json.
 Open DIR/index.html to compare the clips; DIR/metrics.csv|json hold the table.
 Running again with the same workdir skips the settings it already finished.

@@ -8,11 +8,11 @@ holds (protocol.md is the table). Rerunning skips finished stages. Ablations are
 more arms, set in a config file that imports this one (configs/protocol_ablations.py;
 the locked command line can only change an existing arm); --config.pretrain.from_workdir=<another protocol's pretrain/> reuses its base.
 
-Scale (CPU, docs/evaluation.md has the settings that led here): 16x16 clips of
-one object on a smooth (mottled) background, the synthetic renderer's physics,
-colours and caption grammar unchanged; a width-256 DiT with 8x8-pixel tokens,
-RoPE, qk-norm and the caption's pooled token in adaLN. w1 = 1 in every arm (CFG at
-w1 = 5 paints object colour over the frame at this scale).
+Scale: the quickstart's (configs/quickstart.py, `cpu_scale`): 16x16 clips of one
+object on a smooth (mottled) background, the synthetic renderer's physics, colours
+and caption grammar unchanged; a width-256 DiT with 8x8-pixel tokens, RoPE, qk-norm
+and the caption's pooled token in adaLN. w1 = 1 in every arm (CFG at w1 = 5 paints
+object colour over the frame at this scale).
 """
 
 import ml_collections
@@ -22,24 +22,12 @@ from configs import quickstart
 
 
 def train_config() -> ml_collections.ConfigDict:
-  """What every arm trains: data, model and recipe (each arm's overrides go on top)."""
-  config = quickstart.get_config()
-  d, m = config.data, config.model
-  d.dataset_dir = "data/protocol_quickstart"
-  d.height = d.width = 16
-  d.synthetic.max_objects = 1
-  d.synthetic.background_kinds = ("mottled",)
-  d.synthetic.num_train_clips = 1024
-  d.synthetic.num_eval_clips = 128      # the evaluation's prompts and held-out clips
-  m.jam = False
-  m.width = 256
-  m.patch_size = (1, 8, 8)
-  m.qk_norm = True
-  m.rope_theta = 100.0
-  m.text.pooled = True
-  m.text.max_length = 96                # holds every one-object caption in full
-  config.optim.warmup_steps = 20
-  config.train.log_every = 100
+  """What every arm trains: the quickstart's base (data, model, recipe); each arm's
+  overrides go on top."""
+  config = quickstart.get_config("base")
+  config.data.dataset_dir = "data/protocol_quickstart"
+  config.data.synthetic.num_train_clips = 1024
+  config.data.synthetic.num_eval_clips = 128   # the evaluation's prompts and held-out clips
   config.train.checkpoint_every = 500
   config.evals.heldout.every_steps = 250
   config.evals.samples.every_steps = 0  # the protocol samples each arm once, at the end

@@ -1,15 +1,33 @@
-"""Quickstart: a small VideoJAM DiT trained on synthetic physics clips, on 2 CPU cores.
+"""Quickstart: VideoJAM retrofitted onto a pixel-only base DiT, both trained here on 2 CPU cores.
 
   python -m data_pipelines.build_synthetic --config configs/quickstart.py
+  python -m videojam_jax.train --config configs/quickstart.py:base --workdir workdirs/quickstart_base
   python -m videojam_jax.train --config configs/quickstart.py --workdir workdirs/quickstart
+
+The paper's recipe in miniature: the base learns to draw the clips (stage `base`), then
+VideoJAM's motion input rows and motion head are added to its weights and the joint
+model is fine-tuned (stage `videojam`, the default, reading train.init_from).
+
+The scenes are the synthetic renderer's, with its physics, colours and caption grammar,
+at the size 2 cores learn in minutes: 16x16 clips of one object on a smooth (mottled)
+background, and a width-256 DiT with 8x8-pixel tokens (docs/evaluation.md has the runs
+that led here). `defaults()` (configs/quickstart.py:defaults) is every field at its
+default: the full scenes (32x32, up to three objects, three backgrounds) and a width-128
+VideoJAM DiT from scratch, which 400 CPU steps leave noise-like; configs/quickstart_gpu.py
+trains those scenes on a GPU.
 """
 
 import ml_collections
 
 from configs import sampling
 
+# config.py:<stage>. "defaults" is defaults(): the full scenes, VideoJAM from scratch.
+STAGES = ("base", "videojam", "defaults")
 
-def get_config() -> ml_collections.ConfigDict:
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field at its default: a width-128 VideoJAM DiT trained from scratch on the full
+  synthetic scenes. Other configs start here and change what they need."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # XLA's persistent compilation cache: a resumed or repeated run skips compiling.
@@ -166,4 +184,53 @@ def get_config() -> ml_collections.ConfigDict:
       type="samples", every_steps=400, weights="ema", split="validation", num_prompts=4,
       seeds=(0,), batch_size=8, write_videos=True, metrics=True, dis_preset="medium",
       fps=8.0, min_side=128, object_check=True))
+  return config
+
+
+def cpu_scale(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The scenes and model that 2 CPU cores train to a drawing model in minutes
+  (shared with configs/protocol_quickstart.py)."""
+  d, m = config.data, config.model
+  d.height = d.width = 16
+  d.synthetic.max_objects = 1
+  d.synthetic.background_kinds = ("mottled",)
+  m.width = 256
+  m.patch_size = (1, 8, 8)
+  m.qk_norm = True
+  m.rope_theta = 100.0
+  m.text.pooled = True
+  m.text.max_length = 96                # holds every one-object caption in full
+  return config
+
+
+def get_config(stage: str = "videojam") -> ml_collections.ConfigDict:
+  """The quickstart's `base` stage (pixel-only, from scratch) or its `videojam` stage
+  (retrofitted from the base's workdir and fine-tuned); `defaults` is defaults().
+  Select with config.py:<stage>."""
+  if stage not in STAGES:
+    raise ValueError(f"configs/quickstart.py has the stages {STAGES}, got {stage!r}")
+  if stage == "defaults":
+    return defaults()
+  config = cpu_scale(defaults())
+  config.optim.warmup_steps = 20
+  config.train.log_every = 100
+  config.evals.heldout.every_steps = 200
+  config.evals.samples.num_prompts = 8
+  config.sample.text_scale = 1.0        # w1 = 5 paints the object's colour over the frame here
+  config.sample.motion_scale = 1.0      # w2 = 3 costs coherence at this scale (docs/evaluation.md)
+  if stage == "base":
+    config.model.jam = False
+    config.train.num_steps = 1200
+    config.train.checkpoint_every = 600
+    config.evals.samples.every_steps = 1200
+  else:
+    config.train.init_from = "workdirs/quickstart_base"
+    # A zero motion head keeps the base's video at conversion and through fine-tuning;
+    # a copy of the video head damages it (docs/evaluation.md, the protocol's ablations).
+    config.train.retrofit_motion_head = "zeros"
+    config.train.num_steps = 300
+    config.train.checkpoint_every = 300
+    config.optim.learning_rate = 5e-4
+    config.evals.heldout.every_steps = 100
+    config.evals.samples.every_steps = 300
   return config

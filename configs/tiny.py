@@ -6,7 +6,7 @@ from configs import quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = quickstart.get_config()
+  config = quickstart.defaults()
   config.data.dataset_dir = "data/tiny"
   config.data.num_frames = 4
   config.data.height = 16

@@ -23,7 +23,7 @@ SIZE = "1.3b"
 
 
 def get_config(size: str = SIZE) -> ml_collections.ConfigDict:
-  config = quickstart.get_config()
+  config = quickstart.defaults()
   config.data.num_frames = 21
   config.data.height = 60
   config.data.width = 104

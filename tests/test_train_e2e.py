@@ -42,13 +42,13 @@ def common_args(tmp_path_factory, compile_cache):
           f"--config.compilation_cache_dir={compile_cache}"]
 
 
-def train_command(workdir, common_args, *overrides):
-  return [sys.executable, "-m", "videojam_jax.train", "--config", "configs/tiny.py",
+def train_command(workdir, common_args, *overrides, config="configs/tiny.py"):
+  return [sys.executable, "-m", "videojam_jax.train", "--config", config,
           f"--workdir={workdir}", *common_args, *overrides]
 
 
-def run_train(workdir, common_args, *overrides):
-  result = subprocess.run(train_command(workdir, common_args, *overrides), cwd=REPO,
+def run_train(workdir, common_args, *overrides, config="configs/tiny.py"):
+  result = subprocess.run(train_command(workdir, common_args, *overrides, config=config), cwd=REPO,
                           env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-4000:]
@@ -78,6 +78,31 @@ def test_quickstart_trains_writes_outputs_and_resumes(tmp_path, common_args):
   assert "resuming from checkpoint at step 12" in log
   assert "already trained to step 12" in log
   assert logged_losses(log) == {}
+
+
+# The quickstart's model and recipe, shrunk to seconds (its 16x16 scenes are the tiny data's).
+QUICKSTART_AT_TEST_SIZE = (
+    "--config.data.num_frames=4", "--config.model.width=32", "--config.model.depth=1",
+    "--config.model.num_heads=2", "--config.model.text.width=32",
+    "--config.model.text.num_heads=2", "--config.train.batch_size=4",
+    "--config.train.num_steps=2", "--config.train.checkpoint_every=2",
+    "--config.evals.heldout.every_steps=0", "--config.evals.samples.every_steps=0")
+
+
+def test_quickstart_stages_train_a_base_then_retrofit_videojam_onto_it(tmp_path, common_args):
+  # README command 1's two training commands: configs/quickstart.py:base, then the
+  # default stage, which reads the base's workdir (train.init_from).
+  base, jam = tmp_path / "quickstart_base", tmp_path / "quickstart"
+  run_train(base, common_args, *QUICKSTART_AT_TEST_SIZE, config="configs/quickstart.py:base")
+  log = run_train(jam, common_args, *QUICKSTART_AT_TEST_SIZE, f"--config.train.init_from={base}",
+                  config="configs/quickstart.py")
+  assert f"initialised from {base}" in log
+  assert re.search(r"train/motion_loss=", log)
+  base_params = _flatten(checkpoints.load_weights(str(base), "ema"))
+  jam_params = _flatten(checkpoints.load_weights(str(jam), "params"))
+  assert not any(k.startswith("motion_") for k in base_params)
+  assert {k for k in jam_params if k.startswith("motion_")}, sorted(jam_params)
+  assert set(base_params) <= set(jam_params)
 
 
 def test_sigterm_then_restart_matches_uninterrupted_run(tmp_path, common_args):

@@ -20,7 +20,7 @@ NUM_TRAIN, NUM_EVAL, T, H, W = 6, 3, 4, 16, 24
 
 
 def _tiny_config(dataset_dir, **synthetic):
-  config = quickstart.get_config()
+  config = quickstart.defaults()
   config.data.dataset_dir = str(dataset_dir)
   config.data.num_frames, config.data.height, config.data.width = T, H, W
   config.data.synthetic.num_train_clips = NUM_TRAIN

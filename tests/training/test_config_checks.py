@@ -13,12 +13,17 @@ from videojam_jax.parallel import sharding
 
 def test_tiny_and_quickstart_configs_are_valid(make_tiny_config):
   from configs import quickstart, quickstart_gpu
-  config_checks.check_config(quickstart.get_config())
+  config_checks.check_config(quickstart.defaults())
+  for stage in quickstart.STAGES:
+    config_checks.check_config(quickstart.get_config(stage))
+  with pytest.raises(ValueError, match="stages"):
+    quickstart.get_config("pretrain")
   config_checks.check_config(make_tiny_config())
   gpu = quickstart_gpu.get_config()
   config_checks.check_config(gpu)
-  # Same clips as the quickstart, so one build serves both.
-  assert gpu.data.to_dict() == quickstart.get_config().data.to_dict()
+  # The full scenes, in a dataset of their own (the quickstart's are smaller).
+  assert gpu.data.synthetic.to_dict() == quickstart.defaults().data.synthetic.to_dict()
+  assert gpu.data.dataset_dir != quickstart.get_config().data.dataset_dir
   assert gpu.model.width >= 2 * 2 * 4 * 4 * 3   # a video and a motion patch per token
 
 

@@ -9,7 +9,7 @@ from videojam_jax.training import state as state_lib
 
 def _updates(grad_clip_norm: float, grads: list[dict]) -> list:
   """The optimiser's update for each of a sequence of gradients."""
-  optim = ml_collections.ConfigDict(quickstart.get_config().optim.to_dict())
+  optim = ml_collections.ConfigDict(quickstart.defaults().optim.to_dict())
   optim.grad_clip_norm = grad_clip_norm
   optim.warmup_steps = 0
   optim.weight_decay = 0.0

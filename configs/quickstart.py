@@ -222,7 +222,6 @@ def get_config(stage: str = "videojam") -> ml_collections.ConfigDict:
     config.model.jam = False
     config.train.num_steps = 1200
     config.train.checkpoint_every = 600
-    config.evals.samples.every_steps = 1200
   else:
     config.train.init_from = "workdirs/quickstart_base"
     # A zero motion head keeps the base's video at conversion and through fine-tuning;
@@ -232,5 +231,5 @@ def get_config(stage: str = "videojam") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 300
     config.optim.learning_rate = 5e-4
     config.evals.heldout.every_steps = 100
-    config.evals.samples.every_steps = 300
+  config.evals.samples.every_steps = config.train.num_steps   # the final step's samples
   return config

@@ -54,7 +54,8 @@ class DevTools:
     os.close(from_child)
     self._buffer = b""
     self._next_id = 0
-    self.events = []
+    self.events = []           # method names of the events seen
+    self.event_messages = []   # the events themselves (method, params, sessionId)
 
   def _read_message(self, deadline: float) -> dict:
     while b"\0" not in self._buffer:
@@ -80,7 +81,7 @@ class DevTools:
     while True:
       reply = self._read_message(deadline)
       if "method" in reply:
-        self.events.append(reply["method"])
+        self._keep(reply)
       elif reply.get("id") == self._next_id:
         if "error" in reply:
           raise RuntimeError(f"{method}: {reply['error']}")
@@ -92,7 +93,11 @@ class DevTools:
     while method not in self.events:
       reply = self._read_message(deadline)
       if "method" in reply:
-        self.events.append(reply["method"])
+        self._keep(reply)
+
+  def _keep(self, event: dict) -> None:
+    self.events.append(event["method"])
+    self.event_messages.append(event)
 
   def __enter__(self) -> "DevTools":
     return self

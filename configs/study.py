@@ -19,7 +19,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # --- What each trial asks and shows.
-  config.title = "Which clip moves more naturally?"
+  config.title = "A short video study"
   config.question = "Which clip moves more naturally?"
   config.instructions = ("Both clips play together and loop. Watch them, then pick the one "
                          "whose motion looks more natural, or \"Can't tell\".")

@@ -11,6 +11,7 @@ where they stopped. Tally the votes with `python -m videojam_jax.tally`.
 """
 
 import os
+import signal
 
 from absl import app
 from absl import flags
@@ -62,6 +63,11 @@ def main(argv):
   for rater in config.raters:
     print(f"  rater {rater}: {server.rater_url(rater)}", flush=True)
   print(f"serving study {study.study_id} at {server.base_url} (Ctrl-C stops)", flush=True)
+  def _stop(signum, frame):   # SIGTERM (and SIGINT where a shell ignores it) stop cleanly
+    del signum, frame
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGTERM, _stop)
+  signal.signal(signal.SIGINT, _stop)
   try:
     server.serve_forever()
   except KeyboardInterrupt:

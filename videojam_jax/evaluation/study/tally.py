@@ -27,6 +27,7 @@ import html
 import io
 import math
 import os
+import statistics   # the standard library's (NormalDist), not evaluation.statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,23 +51,11 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
   """Wilson's score interval of a binomial proportion ((nan, nan) for n = 0)."""
   if n == 0:
     return float("nan"), float("nan")
-  z = _normal_quantile(0.5 + level / 2.0)
+  z = statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
   p = successes / n
   centre = (p + z * z / (2 * n)) / (1 + z * z / n)
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
   return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _normal_quantile(q: float) -> float:
-  """The standard normal's quantile, by bisection on math.erf (scipy is not a dependency)."""
-  low, high = -10.0, 10.0
-  for _ in range(100):
-    mid = (low + high) / 2.0
-    if 0.5 * (1.0 + math.erf(mid / math.sqrt(2.0))) < q:
-      low = mid
-    else:
-      high = mid
-  return (low + high) / 2.0
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:
@@ -154,9 +143,9 @@ def tally(study: trials_lib.Study, *, level: float = 0.95, num_resamples: int = 
   read = votes_lib.read(os.path.join(study.study_dir, votes_lib.VOTES_FILE))
   key_trials = study.key["trials"]
   arms = study.key["arms"]
-  foreign = [v for v in read.votes
-             if v["study"] != study.study_id or v["trial"] not in key_trials]
-  votes = [v for v in read.votes if v not in foreign]
+  ours = [v["study"] == study.study_id and v["trial"] in key_trials for v in read.votes]
+  votes = [v for v, mine in zip(read.votes, ours) if mine]
+  foreign = len(ours) - len(votes)
 
   raters: dict[str, dict[str, Any]] = {}
   for vote in votes:
@@ -212,7 +201,7 @@ def tally(study: trials_lib.Study, *, level: float = 0.95, num_resamples: int = 
           "agreement": agreement, "raters": sorted(raters.values(), key=lambda r: r["rater"]),
           "counted_raters": sorted(counted), "exclude_flagged": exclude_flagged,
           "max_attention_failure_rate": max_attention_failure_rate,
-          "unreadable_lines": read.bad_lines, "foreign_votes": len(foreign),
+          "unreadable_lines": read.bad_lines, "foreign_votes": foreign,
           "num_trials": len(key_trials)}
 
 

@@ -22,9 +22,13 @@ ARM_B = "videojam/inner_w1-5_w2-3_n25_euler_shift1_until1"
 NUM_PROMPTS, SEEDS = 6, (0,)
 
 
-def write_eval_dir(root: str, num_prompts: int = NUM_PROMPTS, seeds=SEEDS) -> str:
-  """Writes the two arms' results under root/runs; returns root."""
-  for key, jam in ((ARM_A, False), (ARM_B, True)):
+ARM_C = "videojam/cfg_w1-5_w2-0_n25_euler_shift1_until1"
+
+
+def write_eval_dir(root: str, num_prompts: int = NUM_PROMPTS, seeds=SEEDS,
+                   arms=((ARM_A, False), (ARM_B, True))) -> str:
+  """Writes the arms' (key, has motion) results under root/runs; returns root."""
+  for key, jam in arms:
     folder = os.path.join(root, "runs", *key.split("/"))
     os.makedirs(folder, exist_ok=True)
     records = []

@@ -125,3 +125,26 @@ def test_subset_and_unpaired_clips(tmp_path):
   assert study.key["unpaired_clips"] == 1 and study.key["num_pairs"] == 3
   assert len(study.trial_ids) == 3
   assert all(t["pair"][0] < NUM_PROMPTS - 1 for t in study.key["trials"].values())
+
+
+def test_motion_panels_of_two_videojam_arms(tmp_path):
+  from tests.evaluation.study.conftest import ARM_C  # pylint: disable=g-import-not-at-top
+  root = write_eval_dir(str(tmp_path / "eval"), num_prompts=3,
+                        arms=((ARM_B, True), (ARM_C, True)))
+  study = trials.build(config(show_motion=True, **{"attention.fraction": 1.0,
+                                                    "attention.kinds": ("shuffled",)}),
+                       root, [ARM_B, ARM_C], tmp_path / "s")
+  public = {t["id"]: t for t in study.public["trials"]}
+  for trial_id, t in study.key["trials"].items():
+    sides = [public[trial_id][s] for s in ("left", "right")]
+    assert all(os.path.isfile(study.media_path(s["motion"])) for s in sides)
+    if t["kind"] == "shuffled":   # the broken side's motion panel is shuffled the same way
+      intact, broken = sides if t["expected"] == "left" else sides[::-1]
+      video = [iio.imread(study.media_path(s["video"]), plugin="pyav").astype(int)
+               for s in (intact, broken)]
+      motion = [iio.imread(study.media_path(s["motion"]), plugin="pyav").astype(int)
+                for s in (intact, broken)]
+      order_v = np.abs(video[1][:, None] - video[0][None]).mean(axis=(2, 3, 4)).argmin(axis=1)
+      # (Motion panels repeat their first frame, so match them by the video's order.)
+      assert np.abs(motion[1] - motion[0][order_v]).mean() < 3.0
+      assert broken["motion"] != intact["motion"]

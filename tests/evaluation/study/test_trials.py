@@ -146,5 +146,5 @@ def test_motion_panels_of_two_videojam_arms(tmp_path):
                 for s in (intact, broken)]
       order_v = np.abs(video[1][:, None] - video[0][None]).mean(axis=(2, 3, 4)).argmin(axis=1)
       # (Motion panels repeat their first frame, so match them by the video's order.)
-      assert np.abs(motion[1] - motion[0][order_v]).mean() < 3.0
+      assert np.abs(motion[1] - motion[0][order_v]).mean() < 8.0   # x264 of a sharp colour wheel
       assert broken["motion"] != intact["motion"]

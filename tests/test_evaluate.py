@@ -154,6 +154,19 @@ def test_evaluate_writes_tables_plots_page_and_resumes(eval_models, tmp_path):
   with open(out / "metrics.csv") as f:
     assert list(csv.DictReader(f)) == rows
 
+  # A blind study builds from this very workdir (the real `study` command, build only).
+  study = subprocess.run(
+      [sys.executable, "-m", "videojam_jax.study", f"--eval_dir={out}", "--build_only",
+       "--arms=baseline,videojam/inner_w1-5_w2-3_n2_euler_shift1_until1",
+       f"--study_dir={tmp_path / 'study'}", "--config.attention.fraction=0.5"],
+      cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
+  assert study.returncode == 0, study.stderr[-3000:]
+  assert "'pair': 2" in study.stdout
+  key = json.loads((tmp_path / "study" / "key.json").read_text())
+  assert {t["left_arm"] for t in key["trials"].values() if t["kind"] == "pair"} == {
+      "baseline/cfg_w1-5_w2-0_n2_euler_shift1_until1",
+      "videojam/inner_w1-5_w2-3_n2_euler_shift1_until1"}
+
 
 def test_generate_clips_batches_pads_and_pairs_noise():
   """Prompts go in fixed-size batches (last one padded); noise depends on (seed, batch) only."""
@@ -189,15 +202,3 @@ def test_generate_clips_batches_pads_and_pairs_noise():
   generate((0, 1))
   assert [key for _, key in calls][2:] == again  # seed 1 gets the same noise whatever else runs
 
-  # A blind study builds from this very workdir (the real `study` command, build only).
-  study = subprocess.run(
-      [sys.executable, "-m", "videojam_jax.study", f"--eval_dir={out}", "--build_only",
-       "--arms=baseline,videojam/inner_w1-5_w2-3_n2_euler_shift1_until1",
-       f"--study_dir={tmp_path / 'study'}", "--config.attention.fraction=0.5"],
-      cwd=REPO, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=120)
-  assert study.returncode == 0, study.stderr[-3000:]
-  assert "'pair': 2" in study.stdout
-  key = json.loads((tmp_path / "study" / "key.json").read_text())
-  assert {t["left_arm"] for t in key["trials"].values() if t["kind"] == "pair"} == {
-      "baseline/cfg_w1-5_w2-0_n2_euler_shift1_until1",
-      "videojam/inner_w1-5_w2-3_n2_euler_shift1_until1"}

@@ -67,6 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.report = ml_collections.ConfigDict()
   config.report.title = "VideoJAM quickstart: baseline vs VideoJAM, CFG vs Inner-Guidance"
   config.report.min_side = 128           # clips are upscaled (nearest) to at least this many pixels
+  # mp4 (H.264 through imageio-ffmpeg) | gif (Pillow: for a machine without imageio-ffmpeg).
+  config.report.video_format = "mp4"
 
   # --- Devices: the mesh sampling runs on (replaces the training run's mesh).
   config.mesh = ml_collections.ConfigDict()

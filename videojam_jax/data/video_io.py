@@ -13,7 +13,6 @@ import os
 from collections.abc import Sequence
 
 import imageio.v3 as iio
-import imageio_ffmpeg
 import numpy as np
 
 from videojam_jax.data import frames as frames_lib
@@ -38,6 +37,17 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
   return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+def _imageio_ffmpeg():
+  """imageio-ffmpeg, imported when an MP4 is written: it is a 65 MB binary that machines
+  writing only GIFs (e.g. an accelerator image without it) need not have."""
+  try:
+    import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("writing MP4 needs imageio-ffmpeg (requirements.txt); without it, "
+                      "write .gif (evaluation: config.report.video_format='gif')") from e
+  return imageio_ffmpeg
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
                 min_side: int = DEFAULT_MIN_SIDE) -> str:
   """Writes uint8 [T, H, W, 3] RGB frames to `path` (.mp4 or .gif); returns the path.
@@ -52,7 +62,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
   if extension == ".mp4":
     frames = _pad_to_even(frames)
     height, width = frames.shape[1:3]
-    writer = imageio_ffmpeg.write_frames(
+    writer = _imageio_ffmpeg().write_frames(
         path, (width, height), fps=fps, codec="libx264", pix_fmt_in="rgb24",
         pix_fmt_out="yuv420p", quality=None, macro_block_size=1,
         output_params=["-crf", str(H264_CRF), "-movflags", "+faststart"])

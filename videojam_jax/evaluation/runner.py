@@ -169,6 +169,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
   if jax.process_count() > 1:
     raise NotImplementedError("offline evaluation runs in one process (clips are gathered "
                               "and written by this host)")
+  if config.report.video_format not in report_page.VIDEO_FORMATS:
+    raise ValueError(f"config.report.video_format={config.report.video_format!r}: must be one "
+                     f"of {report_page.VIDEO_FORMATS}")
   workdir = epath.Path(workdir)
   if not files.is_local(workdir):
     raise ValueError(f"evaluate --workdir={workdir}: must be a local folder (the MP4 writer "
@@ -197,7 +200,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             "fps": _fps(config, info), "min_side": config.report.min_side,
             "heldout": config.heldout.to_dict(),
             # Only when on, so that results made before the option existed stay valid.
-            **({"object_check": True} if config.metrics.object_check else {})}
+            **({"object_check": True} if config.metrics.object_check else {}),
+            **({"video_format": config.report.video_format}
+               if config.report.video_format != "mp4" else {})}
 
   models = _Models(infos, config.weights)
   samplers: dict[tuple[str, sampler_lib.SamplerSettings], sampler_lib.Sampler] = {}
@@ -239,7 +244,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
       name = f"p{clip.prompt_index:03d}_seed{clip.seed}"
       cell = report_page.write_cell(os.path.join(stage, CLIPS_DIR), name, clip.video, clip.motion,
                                     fps=fps, sigma=sigma, metrics=metrics,
-                                    min_side=config.report.min_side)
+                                    min_side=config.report.min_side,
+                                    video_format=config.report.video_format)
       records.append({"prompt_index": clip.prompt_index, "prompt": clip.prompt, "seed": clip.seed,
                       "video": os.path.relpath(cell.video, stage),
                       "motion": None if cell.motion is None else os.path.relpath(cell.motion, stage),

@@ -36,6 +36,7 @@ from videojam_jax.evaluation.report import fields
 from videojam_jax.evaluation.report import tables
 
 MOTION_SUFFIX = "_motion"
+VIDEO_FORMATS = ("mp4", "gif")
 _LEGEND_SIDE = 64  # pixels of the colour-wheel legend
 # Which direction is better, shown on the page (evaluation/motion_metrics.py defines them).
 METRIC_NOTES = {
@@ -52,7 +53,7 @@ table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 6px; vertical-align: top; text-align: center; }
 th { background: #f3f3f3; }
 td.prompt { text-align: left; max-width: 16em; }
-video, img.plot { image-rendering: pixelated; }
+video, figure img, img.plot { image-rendering: pixelated; }
 .pair { display: flex; gap: 4px; justify-content: center; }
 figure { margin: 0; }
 figcaption { font-size: 11px; color: #666; }
@@ -82,18 +83,23 @@ def write_cell(out_dir: str | os.PathLike, name: str, video: np.ndarray,
                motion_video: np.ndarray | None = None, *, fps: float,
                sigma: float = motion_encoding.DEFAULT_SIGMA,
                metrics: Mapping[str, float] | None = None,
-               min_side: int = video_io.DEFAULT_MIN_SIDE) -> Cell:
+               min_side: int = video_io.DEFAULT_MIN_SIDE, video_format: str = "mp4") -> Cell:
   """Writes `name`.mp4 (and `name`_motion.mp4, drawn with `video_io.motion_panel`) to out_dir.
 
   `video` and `motion_video` are uint8 [T, H, W, 3]; the motion video is the
-  encoded one the model outputs. Returns the `Cell` that points at the files.
+  encoded one the model outputs. `video_format` 'gif' writes .gif files instead
+  (no ffmpeg needed; the page shows them as images). Returns the `Cell` that
+  points at the files.
   """
+  if video_format not in VIDEO_FORMATS:
+    raise ValueError(f"video_format={video_format!r}: must be one of {VIDEO_FORMATS}")
   os.makedirs(out_dir, exist_ok=True)
-  video_path = video_io.write_video(os.path.join(out_dir, f"{name}.mp4"), video, fps, min_side)
+  video_path = video_io.write_video(os.path.join(out_dir, f"{name}.{video_format}"), video, fps,
+                                    min_side)
   motion_path = None
   if motion_video is not None:
     motion_path = video_io.write_video(
-        os.path.join(out_dir, f"{name}{MOTION_SUFFIX}.mp4"),
+        os.path.join(out_dir, f"{name}{MOTION_SUFFIX}.{video_format}"),
         video_io.motion_panel(motion_video, sigma), fps, min_side)
   return Cell(video_path, motion_path, dict(metrics or {}))
 
@@ -110,6 +116,9 @@ def _relative(path: str | os.PathLike, page_dir: str) -> str:
 
 
 def _video_tag(src: str, caption: str) -> str:
+  if src.lower().endswith(".gif"):  # a GIF loops by itself; browsers play it as an image
+    return (f'<figure><img src="{html.escape(src)}" title="{html.escape(caption)}" '
+            f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
   return (f'<figure><video src="{html.escape(src)}" title="{html.escape(caption)}" '
           'autoplay loop muted playsinline preload="auto"></video>'
           f"<figcaption>{html.escape(caption)}</figcaption></figure>")

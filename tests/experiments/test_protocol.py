@@ -3,9 +3,11 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -138,7 +140,9 @@ def test_protocol_runs_every_stage_writes_the_table_and_reruns_as_a_no_op(protoc
   assert "## Compute per arm" in markdown and "| videojam_zero_head | True |" in markdown
   assert "Inner-Guidance w1=1 w2=3" in markdown and "## Paired difference to base" in markdown
   assert (run / "protocol.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "<video " in (run / "eval" / "index.html").read_text()
+  page_html = (run / "eval" / "index.html").read_text()   # GIFs (the config's video_format)
+  # 4 clips x (base: video; 2 VideoJAM arms x 3 settings: video and motion)
+  assert "<video " not in page_html and page_html.count('.gif"') == 4 * (1 + 2 * 3 * 2)
 
   # Rerun: nothing is trained, sampled or rewritten below the stage folders.
   before = {p: t for p, t in _mtimes(run).items() if "/arms/" in p or "/pretrain/" in p
@@ -158,3 +162,42 @@ def test_protocol_runs_every_stage_writes_the_table_and_reruns_as_a_no_op(protoc
   with open(run / "protocol.csv") as f:
     assert [r["warping_error_mean"] for r in csv.DictReader(f)] == [
         r["warping_error_mean"] for r in rows]
+
+
+def test_gif_clips_are_drawn_again_as_mp4_from_the_arrays(protocol_run, tmp_path):
+  """`python -m videojam_jax.rewrite_clips`: a GIF evaluation (as on a machine without
+  imageio-ffmpeg) becomes MP4 from its clips.npz; metrics kept, page rebuilt."""
+  eval_dir = tmp_path / "eval"
+  shutil.copytree(protocol_run / "run" / "eval", eval_dir)
+  with open(eval_dir / "metrics.csv") as f:
+    metrics_before = list(csv.DictReader(f))
+  command = [sys.executable, "-m", "videojam_jax.rewrite_clips", f"--eval_dir={eval_dir}"]
+  result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = sorted(eval_dir.glob("runs/*/*/result.json"))
+  assert len(results) == 7
+  for result_path in results:
+    folder = result_path.parent
+    clips = json.loads(result_path.read_text())["clips"]
+    with np.load(folder / "clips.npz") as npz:
+      videos, seeds, prompts = npz["videos"], list(npz["seeds"]), list(npz["prompt_index"])
+    for clip in clips:
+      assert clip["video"].endswith(".mp4") and (folder / clip["video"]).is_file()
+      assert (clip["motion"] is None) == (folder.parent.name == "base")
+      frames = iio.imread(folder / clip["video"], plugin="pyav")
+      expected = videos[list(zip(prompts, seeds)).index((clip["prompt_index"], clip["seed"]))]
+      assert frames.shape == (4, 32, 32, 3)             # 16 px clips upscaled x2 (min_side 32)
+      assert np.abs(frames[:, ::2, ::2].astype(int) - expected.astype(int)).mean() < 12
+    assert not list(folder.glob("clips/*.gif"))
+  page_html = (eval_dir / "index.html").read_text()
+  assert ".gif" not in page_html and page_html.count("<video ") == 4 * (1 + 2 * 3 * 2)
+  with open(eval_dir / "metrics.csv") as f:
+    assert list(csv.DictReader(f)) == metrics_before
+
+  # A folder that is not an evaluation gets a clear error, and nothing is written.
+  result = subprocess.run([sys.executable, "-m", "videojam_jax.rewrite_clips",
+                           f"--eval_dir={tmp_path / 'nothing'}"], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "has no eval_config.json" in result.stderr
+  assert not (tmp_path / "nothing").exists()

@@ -35,5 +35,6 @@ def get_config():
   e.metrics.dis_preset = "ultrafast"
   e.metrics.object_check = True
   e.report.min_side = 32
+  e.report.video_format = "gif"   # the GPU machine's path; test_protocol rewrites them as MP4
   e.compilation_cache_dir = ""
   return config

@@ -52,6 +52,7 @@ RUNS_DIR = "runs"
 CLIPS_DIR = "clips"
 ARRAYS_FILE = "clips.npz"       # every clip of a (model, setting) as uint8 arrays
 SETTINGS_FILE = "settings.json"
+EVAL_CONFIG_FILE = "eval_config.json"
 
 
 @dataclasses.dataclass
@@ -178,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
                      "needs local files); copy the results to the bucket afterwards")
   workdir = workdir.resolve()
   workdir.mkdir(parents=True, exist_ok=True)
-  files.atomic_write(workdir / "eval_config.json", config.to_json_best_effort(indent=2))
+  files.atomic_write(workdir / EVAL_CONFIG_FILE, config.to_json_best_effort(indent=2))
 
   infos = model_infos(config)
   prompts = load_prompts(config, next(iter(infos.values())))
@@ -238,7 +239,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     files.atomic_write(stage / SETTINGS_FILE, json.dumps(
         {"model": job.model, "workdir": info.workdir, "checkpoint_step": info.step,
          "weights": config.weights, "settings": dataclasses.asdict(job.settings),
-         "num_prompts": len(prompts), "seeds": list(seeds)}, indent=1))
+         "num_prompts": len(prompts), "seeds": list(seeds),
+         # What rewrite_clips needs to draw the clips again from clips.npz.
+         "fps": fps, "flow_sigma": sigma}, indent=1))
     records = []
     for clip, metrics in zip(clips, scores):
       name = f"p{clip.prompt_index:03d}_seed{clip.seed}"

@@ -10,6 +10,7 @@ import html.parser
 import os
 
 import cv2
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -98,6 +99,26 @@ def test_page_structure_and_relative_links(tmp_path):
   headers = [column for column in COLUMNS if f"<th>{column}</th>" in text]
   assert headers == list(COLUMNS)
 
+
+
+def test_gif_cells_are_images_that_loop_the_frames(tmp_path):
+  """video_format='gif' (a machine without imageio-ffmpeg): .gif files, shown as <img>."""
+  video, motion = _clip(2, 0)
+  cell = page.write_cell(tmp_path / "videos", "c", video, motion, fps=FPS, video_format="gif")
+  assert cell.video.endswith("c.gif") and cell.motion.endswith("c" + page.MOTION_SUFFIX + ".gif")
+  frames = iio.imread(cell.video, index=None)
+  assert frames.shape[:3] == (T, DISPLAY_SIDE, DISPLAY_SIDE)   # every frame, upscaled x4
+  # GIF is paletted: colours are approximate, positions exact.
+  assert np.abs(frames[..., :3].astype(int)[:, ::4, ::4] - video.astype(int)).mean() < 8
+  path = page.write_html(tmp_path / "index.html", [page.Row("p", 0, {"col": cell})], ["col"],
+                         title="t")
+  parser = _Collector()
+  parser.feed(open(path, encoding="utf-8").read())
+  assert not [attrs for tag, attrs in parser.tags if tag == "video"]
+  sources = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
+  assert "videos/c.gif" in sources and f"videos/c{page.MOTION_SUFFIX}.gif" in sources
+  with pytest.raises(ValueError, match="video_format='avi'"):
+    page.write_cell(tmp_path, "x", video, fps=FPS, video_format="avi")
 
 # Resolves, in the page, once every video has played MIN_PLAYED_S (or failed), or
 # at the deadline, with each video's state. We never call play(): this is autoplay.

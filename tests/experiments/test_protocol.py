@@ -11,6 +11,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from configs import protocol_gpu
 from configs import protocol_quickstart
 from tests.conftest import REPO
 from tests.conftest import BackgroundCommand
@@ -48,6 +49,19 @@ def test_quickstart_protocol_config_is_valid_and_every_arm_trains_alike():
   pre = protocol.pretrain_config(config, 500)
   assert not pre.model.jam and pre.optim.schedule == "constant" and pre.train.num_steps == 500
   config_checks.check_config(pre)
+
+
+def test_gpu_protocol_config_is_valid_and_its_arms_differ_only_in_the_motion_head():
+  config = protocol_gpu.get_config()
+  protocol.check_config(config)
+  arms = protocol.arm_configs(config, "/runs/pretrain")
+  assert set(arms) == {"base", "videojam"}
+  assert arms["videojam"].train.retrofit_motion_head == "zeros"
+  for arm in arms.values():
+    config_checks.check_config(arm)
+    assert arm.model.width == 256 and arm.data.height == 32 and arm.train.batch_size == 32
+    assert arm.train.num_steps == 2000 and arm.data == arms["base"].data
+  assert config.evaluation.prompts.num_prompts == 128 and tuple(config.evaluation.seeds) == (0, 1)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -80,6 +80,10 @@ class BuildReport:
   dataset_rewritten: bool
   seconds: dict[str, float]
   new_clips_per_second: float
+  # Shot cuts: files whose clips come from more than one shot, and the shots that
+  # gave clips (no clip spans a cut: video_files.py).
+  files_split_at_cuts: int = 0
+  shots_with_clips: int = 0
 
   def summary(self) -> str:
     """A few human lines: counts, skipped files by reason, where things are."""
@@ -88,6 +92,9 @@ class BuildReport:
     lines = [f"{total} clips ({splits}) from {self.files_with_clips} of "
              f"{self.files_found} files ({self.files_from_cache} from cache) in "
              f"{self.seconds['total']:.1f}s; new clips at {self.new_clips_per_second:.1f} clips/s."]
+    if self.files_split_at_cuts:
+      lines.append(f"Shot cuts: {self.files_split_at_cuts} files split into "
+                   f"{self.shots_with_clips} shots with clips in all; no clip spans a cut.")
     if self.dataset_dir:
       state = "written" if self.dataset_rewritten else "unchanged, not rewritten"
       lines.append(f"Dataset ({state}): {self.dataset_dir}")
@@ -106,7 +113,9 @@ class BuildReport:
 
 def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int = 8,
           height: int = 32, width: int = 32, fps: float = 8.0, stride: int = 8,
-          max_clips_per_video: int = 0, estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
+          max_clips_per_video: int = 0,
+          cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD,
+          estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
           preset: str | None = None, estimator_weights: str | None = None,
           estimator_modules: Sequence[str] = (),
           sigma: float = motion_encoding.DEFAULT_SIGMA,
@@ -126,7 +135,8 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
         "(gcloud storage cp -r); the trainer reads gs:// datasets directly")
   start = time.perf_counter()
   clip_spec = video_files.ClipSpec(num_frames=num_frames, height=height, width=width,
-                                   fps=fps, stride=stride, max_clips=max_clips_per_video)
+                                   fps=fps, stride=stride, max_clips=max_clips_per_video,
+                                   cut_threshold=cut_threshold)
   if estimator == "dis" and not preset:
     preset = flow_estimators.DEFAULT_DIS_PRESET  # explicit, so cache keys agree
   options = {}
@@ -209,7 +219,9 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
       seconds=dict(prepare=round(prepared.seconds, 3),
                    write=round(time.perf_counter() - write_start, 3),
                    total=round(time.perf_counter() - start, 3)),
-      new_clips_per_second=round(prepared.clips_per_second, 3))
+      new_clips_per_second=round(prepared.clips_per_second, 3),
+      files_split_at_cuts=sum(r.num_shots > 1 for r in prepared.results if r.path in good),
+      shots_with_clips=sum(r.num_shots for r in prepared.results if r.path in good))
   files.atomic_write(report.report_path,
                      json.dumps(dataclasses.asdict(report), indent=REPORT_INDENT))
   if not usable:
@@ -248,6 +260,9 @@ def define_flags() -> None:
   flags.DEFINE_float("fps", 8.0, "Frame rate the videos are resampled to.")
   flags.DEFINE_integer("stride", 8, "Frames between clip starts (< num_frames: overlap).")
   flags.DEFINE_integer("max_clips_per_video", 0, "Clips per file at most (0: all).")
+  flags.DEFINE_float(
+      "cut_threshold", video_files.DEFAULT_CUT_THRESHOLD,
+      "Shot-cut threshold (PySceneDetect ContentDetector); clips never span a cut. 0: off.")
   flags.DEFINE_string(
       "estimator", flow_estimators.DEFAULT_ESTIMATOR,
       f"Flow estimator, one of {flow_estimators.available_estimators()} or a plug-in's name.")
@@ -273,6 +288,7 @@ def main(argv: list[str]) -> None:
     report = build(
         f.videos, f.captions, f.output_dir, num_frames=f.num_frames, height=f.height,
         width=f.width, fps=f.fps, stride=f.stride, max_clips_per_video=f.max_clips_per_video,
+        cut_threshold=f.cut_threshold,
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
         estimator_modules=f.estimator_module, sigma=f.sigma,
         validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # flow_workers imports this module; only the type is needed h
   from data_pipelines.flow_workers import FlowSpec
 
 # Bump when the cached arrays change meaning: old entries are then ignored.
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: manifests record each clip's shot
 # Clips per cache chunk: bounds a worker's memory on long files (a 256x256x8 clip
 # with flow is ~7 MB).
 CHUNK_CLIPS = 32
@@ -70,6 +70,7 @@ class FileResult:
   key: str
   status: str
   num_clips: int = 0
+  num_shots: int = 0     # shots (between cuts) that gave clips
   reason: str = ""
   detail: str = ""
   seconds: float = 0.0
@@ -104,7 +105,9 @@ class ClipCache:
     try:
       if os.path.exists(os.path.join(entry, self.MANIFEST)):
         with open(os.path.join(entry, self.MANIFEST)) as f:
-          return FileResult(source.path, source.key, "cached", int(json.load(f)["num_clips"]))
+          manifest = json.load(f)
+        return FileResult(source.path, source.key, "cached", int(manifest["num_clips"]),
+                          num_shots=len(set(manifest["shots"])))
       if os.path.exists(failed):
         with open(failed) as f:
           record = json.load(f)
@@ -136,7 +139,7 @@ class ClipCache:
     tmp = f"{self.entry_dir(source.key)}{_TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
     try:
-      chunks, start_times, buffer = [], [], []
+      chunks, start_times, shots, buffer = [], [], [], []
       def flush():
         name = f"chunk-{len(chunks):05d}.npz"
         np.savez(os.path.join(tmp, name),
@@ -147,13 +150,14 @@ class ClipCache:
       for clip, flow in clips:
         buffer.append((clip, flow))
         start_times.append(clip.start_time)
+        shots.append(clip.shot)
         if len(buffer) == CHUNK_CLIPS:
           flush()
       if buffer:
         flush()
       with open(os.path.join(tmp, self.MANIFEST), "w") as f:
         json.dump(dict(path=source.path, num_clips=len(start_times), chunks=chunks,
-                       start_times=start_times), f)
+                       start_times=start_times, shots=shots), f)
       final = self.entry_dir(source.key)
       if os.path.exists(final):  # a concurrent writer won; same content by key
         shutil.rmtree(tmp)

@@ -90,7 +90,8 @@ def process_file(source: SourceVideo) -> FileResult:
              for clip in video_files.iter_clips(source.path, _WORKER["clip_spec"],
                                                 _WORKER["decode_threads"]))
     n = cache.write_clips(source, clips)
-    return FileResult(source.path, source.key, "done", n,
+    done = cache.lookup(source)   # what was written, shots included
+    return FileResult(source.path, source.key, "done", n, num_shots=done.num_shots,
                       seconds=time.perf_counter() - start)
   except video_files.VideoFileError as e:
     cache.write_failure(source, e.reason, e.detail)

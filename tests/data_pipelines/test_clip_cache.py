@@ -19,9 +19,10 @@ FLOW_SPEC = flow_workers.FlowSpec("dis", (("preset", "fast"),))
 
 def key_before_the_split(path, clip_spec, estimator_name, flow_spec) -> str:
   """cache_key as video_dataset.py computed it before it moved here: caches made
-  then must keep their keys, or every file would be decoded again."""
+  then must keep their keys, or every file would be decoded again (only a bump of
+  CACHE_VERSION, when cached arrays change meaning, may change them)."""
   stat = os.stat(path)
-  identity = dict(version=1, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+  identity = dict(version=clip_cache.CACHE_VERSION, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns,
                   clip=dataclasses.asdict(clip_spec), estimator=estimator_name,
                   options=[list(o) for o in flow_spec.options])
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
@@ -71,7 +72,7 @@ def test_entries_round_trip_in_chunks(tmp_path, video, monkeypatch):
   entry = os.listdir(cache.entry_dir("k1"))
   assert sorted(entry) == ["chunk-00000.npz", "chunk-00001.npz", "chunk-00002.npz",
                            "manifest.json"]
-  assert cache.lookup(source) == clip_cache.FileResult(video, "k1", "cached", 5)
+  assert cache.lookup(source) == clip_cache.FileResult(video, "k1", "cached", 5, num_shots=1)
   for (index, start, frames, flow), (expected_clip, expected_flow) in zip(
       cache.read_clips("k1"), pairs, strict=True):
     assert index == expected_clip.index and start == expected_clip.start_time

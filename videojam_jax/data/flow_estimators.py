@@ -10,23 +10,24 @@ forward flow can be used:
 where flow[k] is (dx, dy) in pixels, taking pixel p of frame k to p + flow[k](p) in
 frame k+1 (the same convention as the synthetic renderer and motion_encoding.py).
 
-Built in (OpenCV, CPU):
-  dis        Dense Inverse Search (Kroeger et al. 2016), presets ultrafast/fast/medium.
-             The default: good accuracy per CPU second.
-  farneback  Farneback polynomial expansion (2003): slower, smoother, a reference.
-  raft       A slot for RAFT (what the paper used). No RAFT network or weights ship
-             with this project, so creating it raises EstimatorUnavailableError that
-             explains how to plug one in.
+Built in:
+  dis        OpenCV Dense Inverse Search (Kroeger et al. 2016), presets ultrafast/fast/
+             medium. The default: good accuracy per CPU second.
+  farneback  OpenCV Farneback polynomial expansion (2003): slower, smoother, a reference.
+  raft       RAFT (Teed & Deng 2020, what the paper used) in JAX, batched on CPU, GPU or
+             TPU (videojam_jax/data/raft_flow.py), with torchvision's raft_large or
+             raft_small weights, which the user downloads: `--estimator=raft
+             --estimator_weights=raft_large_C_T_SKHT_V2-ff5fadd5.pth`.
 
-Plugging in your own estimator (e.g. RAFT): write a class with a `name` attribute
-and an `estimate` method as above, then register it before building:
+Plugging in your own estimator: write a class with a `name` attribute and an
+`estimate` method as above, then register it before building:
 
   from videojam_jax.data import flow_estimators
-  flow_estimators.register_estimator("raft", MyRaft, overwrite=True)
+  flow_estimators.register_estimator("mine", MyFlow)
 
 From the command line, put that call in a module of yours and pass
-`--estimator_module=my_package.my_raft --estimator=raft --estimator_weights=PATH`;
-the build imports the module in every worker process.
+`--estimator_module=my_package.my_flow --estimator=mine`; the build imports the
+module in every worker process.
 """
 
 from __future__ import annotations
@@ -174,27 +175,24 @@ class FarnebackEstimator(_PairwiseOpenCV):
         int(p["iterations"]), int(p["poly_n"]), p["poly_sigma"], 0)
 
 
-RAFT_HELP = (
-    "This project ships no RAFT network and no RAFT weights, and nothing can be "
-    "downloaded at run time. To use RAFT (the estimator the VideoJAM paper used): "
-    "write a class with a `name` attribute and "
-    "`estimate(frames uint8 [T,H,W,3]) -> float32 [T-1,H,W,2]` (forward flow, "
-    "(dx, dy) pixels) that loads your RAFT checkpoint from `weights_path`; register it "
-    "with `videojam_jax.data.flow_estimators.register_estimator('raft', YourRaft, "
-    "overwrite=True)` in a module of yours; then build with "
-    "`--estimator_module=your.module --estimator=raft --estimator_weights=PATH`. "
-    "Or use the built-in estimators: 'dis' (default) or 'farneback'.")
-
-
 @register_estimator("raft")
-def raft_slot(weights_path: str | None = None, **_: Any) -> FlowEstimator:
-  """The RAFT slot: always raises EstimatorUnavailableError with instructions."""
+def raft(weights_path: str | None = None, variant: str | None = None,
+         num_updates: int | str = 12, batch_size: int | str = 8) -> FlowEstimator:
+  """RAFT (videojam_jax/data/raft_flow.py) with torchvision's raft_large / raft_small
+  weights, which the user downloads: nothing is fetched at run time."""
   if not weights_path:
-    problem = ("flow estimator 'raft' needs weights: pass their path "
-               "(--estimator_weights=/path/to/raft.pth, i.e. weights_path=...).")
-  elif not os.path.exists(weights_path):
-    problem = f"RAFT weights not found at {weights_path!r}."
-  else:
-    problem = (f"RAFT weights exist at {weights_path!r} but no RAFT implementation "
-               "is registered to load them.")
-  raise EstimatorUnavailableError(f"{problem} {RAFT_HELP}")
+    raise EstimatorUnavailableError(
+        "flow estimator 'raft' needs weights: download torchvision's raft_large or "
+        "raft_small file (e.g. raft_large_C_T_SKHT_V2-ff5fadd5.pth) and pass its path "
+        "(--estimator_weights=/path/to/raft.pth, i.e. weights_path=...).")
+  if not os.path.exists(weights_path):
+    raise EstimatorUnavailableError(f"RAFT weights not found at {weights_path!r}.")
+  # Imported here: JAX and the network load only when RAFT is asked for.
+  # pylint: disable=import-outside-toplevel
+  from videojam_jax.data import raft_flow
+  from videojam_jax.model.raft import weights as raft_weights
+  try:
+    return raft_flow.RaftEstimator(weights_path, variant=variant, num_updates=int(num_updates),
+                                   batch_size=int(batch_size))
+  except (raft_weights.RaftWeightsError, ValueError) as e:
+    raise FlowEstimatorError(f"flow estimator 'raft': {e}") from e

@@ -1,6 +1,7 @@
 """Accuracy and speed of the flow estimators, against exact synthetic flow.
 
-  python -m benchmarks.flow_accuracy [--sizes=64,256 --num_clips=8 --threads=1]
+  python -m benchmarks.flow_accuracy [--sizes=64,256 --num_clips=8 --threads=1] \
+      [--raft_weights=raft_small_C_T_V2-01064c6d.pth,raft_large_C_T_SKHT_V2-ff5fadd5.pth]
 
 Renders synthetic physics clips (data_pipelines/synthetic_physics.py), whose
 forward flow is exact, runs every built-in estimator and preset on them and
@@ -15,6 +16,8 @@ the surface at the pixel in frame k; no estimator can see where it went). The
 "zero" row (predicting no motion) is the floor any useful estimator must beat.
 Object speeds scale with the frame, so displacements at 256 px are 4x those at
 64 px. --threads sets OpenCV's thread count (1: what each build worker uses).
+--raft_weights adds a RAFT row per torchvision weights file (downloaded by you: none
+ship with the project); RAFT runs through JAX on its default device.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ _NUM_CLIPS = flags.DEFINE_integer("num_clips", 8, "Synthetic clips per size.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 8, "Frames per clip.")
 _SEED = flags.DEFINE_integer("seed", 0, "First clip seed.")
 _THREADS = flags.DEFINE_integer("threads", 1, "OpenCV threads (cv2.setNumThreads).")
+_RAFT = flags.DEFINE_list("raft_weights", [], "torchvision RAFT weight files to add.")
 
 
-def estimator_specs() -> list[tuple[str, dict]]:
-  """Every built-in estimator configuration worth comparing."""
+def estimator_specs(raft_weights: Sequence[str] = ()) -> list[tuple[str, dict]]:
+  """Every built-in estimator configuration worth comparing (RAFT: one per weights file)."""
   return ([("dis", {"preset": p}) for p in flow_estimators.DIS_PRESETS]
-          + [("farneback", {})])
+          + [("farneback", {})] + [("raft", {"weights_path": w}) for w in raft_weights])
 
 
 class ZeroFlow:
@@ -74,7 +78,8 @@ def evaluate(estimator: flow_estimators.FlowEstimator,
               fps=pairs / seconds if seconds > 0 else float("inf"))
 
 
-def run(sizes: Sequence[int], num_clips: int, num_frames: int, seed: int) -> list[dict]:
+def run(sizes: Sequence[int], num_clips: int, num_frames: int, seed: int,
+        raft_weights: Sequence[str] = ()) -> list[dict]:
   """Rows of the table: one per (size, estimator)."""
   rows = []
   for size in sizes:
@@ -83,7 +88,7 @@ def run(sizes: Sequence[int], num_clips: int, num_frames: int, seed: int) -> lis
     mean_motion = float(np.mean([np.linalg.norm(c.flow, axis=-1)[
         np.linalg.norm(c.flow, axis=-1) >= MOVING_PX].mean() for c in clips]))
     estimators = [ZeroFlow()] + [flow_estimators.create_estimator(n, **o)
-                                 for n, o in estimator_specs()]
+                                 for n, o in estimator_specs(raft_weights)]
     for estimator in estimators:
       rows.append(dict(size=size, estimator=estimator.name, mean_motion=mean_motion,
                        **evaluate(estimator, clips)))
@@ -105,7 +110,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cv2.setNumThreads(_THREADS.value)
   sizes = [int(s) for s in _SIZES.value]
-  rows = run(sizes, _NUM_CLIPS.value, _NUM_FRAMES.value, _SEED.value)
+  rows = run(sizes, _NUM_CLIPS.value, _NUM_FRAMES.value, _SEED.value, _RAFT.value)
   print(f"{_NUM_CLIPS.value} synthetic clips x {_NUM_FRAMES.value - 1} flow fields per "
         f"size; OpenCV threads: {_THREADS.value}; moving: exact |flow| >= {MOVING_PX} px")
   for size in sizes:

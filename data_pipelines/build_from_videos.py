@@ -122,6 +122,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
           max_clips_per_video: int = 0,
           cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD,
           min_motion_px: float = 0.0, max_motion_px: float = 0.0,
+          flow_storage: str = "none",
           estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
           preset: str | None = None, estimator_weights: str | None = None,
           estimator_modules: Sequence[str] = (),
@@ -157,7 +158,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   estimator_name = flow_spec.create().name  # fail fast, before any worker starts
   config = video_clips_builder.make_builder_config(
       clip_spec=clip_spec, flow_estimator=estimator_name, flow_sigma=sigma,
-      motion_filter=motion_filter)
+      motion_filter=motion_filter, flow_storage=flow_storage)
   config_dir = epath.Path(output_dir) / video_clips_builder.VideoClips.name / config.name
   version_dir = config_dir / str(video_clips_builder.VideoClips.VERSION)
   work_dir = work_dir or os.path.join(output_dir, WORK_DIR_NAME)
@@ -279,6 +280,10 @@ def define_flags() -> None:
   flags.DEFINE_float(
       "cut_threshold", video_files.DEFAULT_CUT_THRESHOLD,
       "Shot-cut threshold (PySceneDetect ContentDetector); clips never span a cut. 0: off.")
+  flags.DEFINE_enum(
+      "store_flow", "none", ["none", "float16", "float32"],
+      "Also store the raw flow in the records (evaluation, inspection). Training reads only "
+      "the motion video; float32 flow is over half of a record's bytes.")
   flags.DEFINE_float(
       "min_motion_px", 0.0,
       "Drop clips whose mean flow is below this (px/frame at the output size). 0: off.")
@@ -310,7 +315,8 @@ def main(argv: list[str]) -> None:
     report = build(
         f.videos, f.captions, f.output_dir, num_frames=f.num_frames, height=f.height,
         width=f.width, fps=f.fps, stride=f.stride, max_clips_per_video=f.max_clips_per_video,
-        cut_threshold=f.cut_threshold, min_motion_px=f.min_motion_px,
+        cut_threshold=f.cut_threshold, flow_storage=f.store_flow,
+        min_motion_px=f.min_motion_px,
         max_motion_px=f.max_motion_px,
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
         estimator_modules=f.estimator_module, sigma=f.sigma,

@@ -55,10 +55,18 @@ def flow_panel(flow: np.ndarray) -> tuple[np.ndarray, float]:
   return motion_encoding.flow_to_colour_wheel(padded, max_magnitude=scale or None), scale
 
 
-def render_record(record: dict[str, Any]) -> tuple[np.ndarray, float]:
-  """One record -> (three-panel frames uint8 [T, H, 3W + 2 gaps, 3], flow scale px)."""
+def render_record(record: dict[str, Any], flow_sigma: float = motion_encoding.DEFAULT_SIGMA
+                  ) -> tuple[np.ndarray, float]:
+  """One record -> (three-panel frames uint8 [T, H, 3W + 2 gaps, 3], flow scale px).
+
+  The flow panel shows the stored flow, or (records without one) the motion video
+  decoded back to flow with the dataset's `flow_sigma`.
+  """
   video = np.asarray(record["video"], np.uint8)
-  wheel, scale = flow_panel(record["flow"])
+  flow = (record["flow"] if "flow" in record else
+          motion_encoding.motion_video_to_flows(np.asarray(record["motion"], np.uint8),
+                                                flow_sigma))
+  wheel, scale = flow_panel(flow)
   gap = np.full(video.shape[:2] + (PANEL_GAP, 3), 255, np.uint8)
   panels = [video, gap, wheel, gap, np.asarray(record["motion"], np.uint8)]
   return np.concatenate(panels, axis=2), scale
@@ -77,7 +85,8 @@ def inspect(dataset_dir: str, split: str, num: int, out_dir: str, *, start: int 
   for index in range(start, min(start + num, len(source))):
     record = source[index]
     caption = _text(record["caption"])
-    frames, scale = render_record(record)
+    frames, scale = render_record(
+        record, float(metadata.get("flow_sigma") or motion_encoding.DEFAULT_SIGMA))
     stem = os.path.join(out_dir, f"{split}_{index:05d}_{slug(caption)}")
     written.append(video_io.write_video(f"{stem}.{fmt}", frames, fps))
     with open(f"{stem}.json", "w") as f:

@@ -50,6 +50,7 @@ class VideoClipsConfig(tfds.core.BuilderConfig):
   stride: int = 8
   max_clips_per_video: int = 0
   cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD
+  flow_storage: str = "none"     # clip_records.FLOW_STORAGE: none | float16 | float32
   min_motion_px: float = 0.0     # motion_filters.MotionFilter (0: off)
   max_motion_px: float = 0.0
   flow_estimator: str = "dis:medium"
@@ -58,8 +59,8 @@ class VideoClipsConfig(tfds.core.BuilderConfig):
 
 def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
                         flow_sigma: float,
-                        motion_filter: motion_filters.MotionFilter = motion_filters.MotionFilter()
-                        ) -> VideoClipsConfig:
+                        motion_filter: motion_filters.MotionFilter = motion_filters.MotionFilter(),
+                        flow_storage: str = "none") -> VideoClipsConfig:
   """A builder config whose name spells out every clip setting (motion filters when on)."""
   if not clip_spec.fps or clip_spec.fps <= 0:
     raise ValueError("a dataset needs one frame rate: set fps > 0")
@@ -68,6 +69,11 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
           f"-stride{clip_spec.stride}-max{clip_spec.max_clips}-cut{clip_spec.cut_threshold:g}"
           f"-{estimator}"
           f"-sigma{flow_sigma:g}")
+  if flow_storage not in clip_records.FLOW_STORAGE:
+    raise ValueError(f"flow_storage={flow_storage!r}: choose from "
+                     f"{sorted(clip_records.FLOW_STORAGE)}")
+  if flow_storage != "none":
+    name += f"-flow{flow_storage.removeprefix('float')}"
   if motion_filter.min_mean_px or motion_filter.max_p99_px:
     name += f"-motion{motion_filter.min_mean_px:g}to{motion_filter.max_p99_px:g}"
   return VideoClipsConfig(
@@ -77,7 +83,7 @@ def make_builder_config(*, clip_spec: video_files.ClipSpec, flow_estimator: str,
       num_frames=clip_spec.num_frames, height=clip_spec.height, width=clip_spec.width,
       fps=float(clip_spec.fps), stride=clip_spec.stride,
       max_clips_per_video=clip_spec.max_clips, cut_threshold=float(clip_spec.cut_threshold),
-      min_motion_px=float(motion_filter.min_mean_px),
+      flow_storage=flow_storage, min_motion_px=float(motion_filter.min_mean_px),
       max_motion_px=float(motion_filter.max_p99_px),
       flow_estimator=flow_estimator,
       flow_sigma=float(flow_sigma))
@@ -124,13 +130,15 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.splitlines()[0],
-        features=clip_records.clip_features(config.num_frames, config.height, config.width),
+        features=clip_records.clip_features(config.num_frames, config.height, config.width,
+                                            config.flow_storage),
         metadata=clip_records.clip_metadata(
             num_frames=config.num_frames, height=config.height, width=config.width,
             fps=config.fps, flow_estimator=config.flow_estimator,
             flow_sigma=config.flow_sigma, source=SOURCE, stride=config.stride,
             max_clips_per_video=config.max_clips_per_video,
-            cut_threshold=config.cut_threshold, min_motion_px=config.min_motion_px,
+            cut_threshold=config.cut_threshold, flow_storage=config.flow_storage,
+            min_motion_px=config.min_motion_px,
             max_motion_px=config.max_motion_px,
             resize=RESIZE_METHOD,
             num_videos={s: len(v) for s, v in self._plan.splits.items()},
@@ -147,6 +155,7 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     cache = ClipCache(self._plan.work_dir)
 
     keep = kept_clips(cache, sources, motion_filter_of(config))
+    flow_dtype = clip_records.FLOW_STORAGE[config.flow_storage]
 
     def cached_clips():
       for source in sources:
@@ -157,13 +166,15 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     def make_example(item) -> tuple[str, dict[str, Any]]:
       source, index, start, video, flow = item
       clip_id = f"{source.name}#{index:05d}@{start:.3f}s"
-      return clip_id, {
+      example = {
           "video": video,
           "motion": motion_encoding.flows_to_motion_video(flow, config.flow_sigma),
-          "flow": flow,
           "caption": source.caption,
           "clip_id": clip_id,
       }
+      if flow_dtype is not None:
+        example["flow"] = flow.astype(flow_dtype)
+      return clip_id, example
 
     # TFDS compresses each example in this thread; encoding the next motion videos
     # meanwhile in another (NumPy and zlib both release the GIL) uses a second core.

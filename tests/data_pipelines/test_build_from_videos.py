@@ -24,6 +24,7 @@ from videojam_jax.data import motion_encoding
 from videojam_jax.data import video_io
 
 SIZE = dict(num_frames=8, height=32, width=32, fps=8.0, stride=8)
+FLOW32 = dict(flow_storage="float32")   # these tests compare the stored flow
 SIGMA = 0.15
 # Clips per file at 8 fps, 8 frames, stride 8: ceil(duration * 8) frames, then
 # (frames - 8) // 8 + 1 clips. bikes 10 s -> 80 frames -> 10; carphone 4.004 s ->
@@ -65,7 +66,7 @@ def built(videos, tmp_path_factory):
   out = tmp_path_factory.mktemp("out")
   report = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
                                    estimator="dis", preset="fast", workers=2,
-                                   progress=False, **SIZE)
+                                   progress=False, **SIZE, **FLOW32)
   return out, report
 
 
@@ -138,7 +139,7 @@ def test_rerun_skips_finished_work_and_resumes(built, videos):
   stamps = [os.stat(os.path.join(first.dataset_dir, s)).st_mtime_ns for s in shards]
   again = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
                                   estimator="dis", preset="fast", workers=2,
-                                  progress=False, **SIZE)
+                                  progress=False, **SIZE, **FLOW32)
   assert again.files_from_cache == 3 and not again.dataset_rewritten
   assert again.clips == first.clips and again.skipped == first.skipped
   assert [os.stat(os.path.join(first.dataset_dir, s)).st_mtime_ns for s in shards] == stamps
@@ -150,7 +151,7 @@ def test_rerun_skips_finished_work_and_resumes(built, videos):
   os.makedirs(os.path.join(clips_dir, entry + ".tmp-123-abc"))
   resumed = build_from_videos.build(str(root), captions, str(out), sigma=SIGMA,
                                     estimator="dis", preset="fast", workers=1,
-                                    progress=False, **SIZE)
+                                    progress=False, **SIZE, **FLOW32)
   assert resumed.files_from_cache == 2 and resumed.clips == first.clips
   assert entry in os.listdir(clips_dir)  # redone
   assert not any(".tmp-" in n for n in os.listdir(clips_dir))  # debris removed
@@ -161,7 +162,7 @@ def test_new_sigma_reuses_cached_flow(built, videos):
   out, first = built
   root, captions = videos
   other = build_from_videos.build(str(root), captions, str(out), sigma=0.3, estimator="dis",
-                                  preset="fast", workers=1, progress=False, **SIZE)
+                                  preset="fast", workers=1, progress=False, **SIZE, **FLOW32)
   assert other.files_from_cache == 3 and other.dataset_dir != first.dataset_dir
   flows = {r["clip_id"]: r["flow"] for r in read_split(first.dataset_dir, "train")}
   for r in read_split(other.dataset_dir, "train"):
@@ -226,7 +227,7 @@ def test_motion_filters_drop_still_and_fast_clips_from_the_cached_flow(tmp_path)
   captions = write_jsonl(root / "captions.jsonl", {"bikes.mp4": "bikes", "still.mp4": "a wall"})
   out = tmp_path / "out"
   kwargs = dict(sigma=SIGMA, estimator="dis", preset="fast", workers=1, progress=False,
-                validation_fraction=0.0, **SIZE)
+                validation_fraction=0.0, **SIZE, **FLOW32)
   plain = build_from_videos.build(str(root), captions, str(out), **kwargs)
   assert plain.clips["train"] == 8 + 6 and plain.clips_dropped == {"static": 0, "fast": 0}
   cache = clip_cache.ClipCache(plain.settings["work_dir"])
@@ -252,3 +253,29 @@ def test_motion_filters_drop_still_and_fast_clips_from_the_cached_flow(tmp_path)
   for record in records:   # each kept clip is within the threshold by its own stored flow
     assert motion_filters.motion_stats(record["flow"]).p99_px <= threshold + 1e-6
   assert f"Motion filters dropped {fast} fast, 6 static clips." in filtered.summary()
+
+
+def test_flow_is_stored_only_when_asked_and_float16_is_close(built, videos):
+  """The default records hold no raw flow (training reads the motion video); float16
+  keeps it within float16's rounding, from the same cache (no flow computed again)."""
+  out, first = built
+  root, captions = videos
+  common = dict(sigma=SIGMA, estimator="dis", preset="fast", workers=1, progress=False, **SIZE)
+  plain = build_from_videos.build(str(root), captions, str(out), **common)
+  half = build_from_videos.build(str(root), captions, str(out), flow_storage="float16",
+                                 **common)
+  assert plain.files_from_cache == half.files_from_cache == 3
+  assert plain.clips == half.clips == first.clips
+  flows = {r["clip_id"]: r["flow"] for r in read_split(first.dataset_dir, "train")}
+  for record in read_split(plain.dataset_dir, "train"):
+    assert "flow" not in record and record["motion"].shape == (8, 32, 32, 3)
+  for record in read_split(half.dataset_dir, "train"):
+    assert record["flow"].dtype == np.float16
+    np.testing.assert_allclose(record["flow"], flows[record["clip_id"]], rtol=1e-3, atol=1e-3)
+  def size(dataset_dir):
+    return sum(os.path.getsize(os.path.join(dataset_dir, f)) for f in os.listdir(dataset_dir))
+  assert size(plain.dataset_dir) < size(half.dataset_dir) < size(first.dataset_dir)
+  metadata = tfds.builder_from_directory(plain.dataset_dir).info.metadata
+  assert metadata["flow_storage"] == "none"
+  with pytest.raises(ValueError, match="flow_storage='float8'"):
+    build_from_videos.build(str(root), captions, str(out), flow_storage="float8", **common)

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import inspect_dataset
+from videojam_jax.data import motion_encoding
 
 PANELS = 3
 
@@ -43,3 +44,18 @@ def test_render_record_panels():
   np.testing.assert_array_equal(frames[:, :, :5], record["video"])
   np.testing.assert_array_equal(frames[:, :, -5:], record["motion"])
   assert np.all(frames[:, :, 5:5 + gap] == 255)
+
+
+def test_a_record_without_flow_shows_its_decoded_motion_video():
+  """Video datasets store no raw flow by default: the flow panel decodes the motion video."""
+  flow = np.zeros((3, 6, 5, 2), np.float32)
+  flow[..., 0] = 2.0
+  motion = motion_encoding.flows_to_motion_video(flow, 0.3)
+  video = np.zeros((4, 6, 5, 3), np.uint8)
+  stored, _ = inspect_dataset.render_record({"video": video, "motion": motion, "flow": flow})
+  decoded, scale = inspect_dataset.render_record({"video": video, "motion": motion}, 0.3)
+  assert abs(scale - 2.0) < 0.05           # the decoded flow: 2 px, to the encoding's step
+  np.testing.assert_allclose(decoded.astype(int), stored.astype(int), atol=3)
+  # The dataset's sigma matters: decoded with half of it, the flow reads half as long.
+  _, half_scale = inspect_dataset.render_record({"video": video, "motion": motion}, 0.15)
+  assert abs(half_scale - 1.0) < 0.05

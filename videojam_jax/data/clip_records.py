@@ -9,8 +9,11 @@ shards through `tfds.builder_from_directory` and checks the metadata with
 Features of one example (T frames of H x W):
   video:   uint8  [T, H, W, 3]   the frames
   motion:  uint8  [T, H, W, 3]   flow encoded as an RGB video (motion_encoding.py)
-  flow:    float32 [T-1, H, W, 2] the flow itself in pixels (exact for synthetic
-                                  data, estimated for real video); for evaluation
+  flow:    float32 or float16 [T-1, H, W, 2], optional: the flow itself in pixels
+                                  (exact for synthetic data, estimated for real video),
+                                  for evaluation and inspection; training reads only
+                                  the motion video, so the video builder stores it
+                                  only when asked (metadata flow_storage)
   caption: text                  what the clip shows
   clip_id: text                  stable id of the clip (source file / seed + index)
 
@@ -36,19 +39,29 @@ class DatasetMismatchError(ValueError):
   """The dataset on disk is not what the config asks for."""
 
 
-def clip_features(num_frames: int, height: int, width: int) -> tfds.features.FeaturesDict:
+# How the optional raw flow is stored: not at all, or as float16 / float32.
+FLOW_STORAGE = {"none": None, "float16": np.float16, "float32": np.float32}
+
+
+def clip_features(num_frames: int, height: int, width: int,
+                  flow_storage: str = "float32") -> tfds.features.FeaturesDict:
   """The TFDS feature spec of one clip (ZLIB-compressed raw tensors, no TF needed)."""
+  if flow_storage not in FLOW_STORAGE:
+    raise ValueError(f"flow_storage={flow_storage!r}: choose from {sorted(FLOW_STORAGE)}")
   zlib = tfds.features.Encoding.ZLIB
-  return tfds.features.FeaturesDict({
+  features = {
       "video": tfds.features.Tensor(
           shape=(num_frames, height, width, 3), dtype=np.uint8, encoding=zlib),
       "motion": tfds.features.Tensor(
           shape=(num_frames, height, width, 3), dtype=np.uint8, encoding=zlib),
-      "flow": tfds.features.Tensor(
-          shape=(num_frames - 1, height, width, 2), dtype=np.float32, encoding=zlib),
       "caption": tfds.features.Text(),
       "clip_id": tfds.features.Text(),
-  })
+  }
+  if FLOW_STORAGE[flow_storage] is not None:
+    features["flow"] = tfds.features.Tensor(
+        shape=(num_frames - 1, height, width, 2), dtype=FLOW_STORAGE[flow_storage],
+        encoding=zlib)
+  return tfds.features.FeaturesDict(features)
 
 
 def clip_metadata(*, num_frames: int, height: int, width: int, fps: float,

@@ -1,5 +1,6 @@
 """Tests for videojam_jax/data/motion_encoding.py: flow <-> RGB motion video."""
 
+from matplotlib import colors
 import numpy as np
 import pytest
 
@@ -156,3 +157,13 @@ def test_matches_the_previous_hand_written_hsv_conversion():
   alpha = old_hue * 2 * np.pi
   old_flow = old_value[..., None] * MAX_MAGNITUDE * np.stack([np.cos(alpha), np.sin(alpha)], -1)
   np.testing.assert_allclose(me.motion_frame_to_flow(rgb, SIGMA), old_flow, atol=1e-4)
+
+
+def test_full_saturation_conversion_agrees_with_matplotlib():
+  """The closed-form HSV -> RGB the encoder uses (saturation 1) against matplotlib's."""
+  rng = np.random.default_rng(5)
+  hue = rng.uniform(0, 1, (4, H, W)).astype(np.float32)
+  hue[0, 0, :7] = [0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, np.nextafter(1, 0)]  # sector edges
+  value = rng.uniform(0, 1, (4, H, W)).astype(np.float32)
+  expected = colors.hsv_to_rgb(np.stack([hue, np.ones_like(value), value], -1))
+  np.testing.assert_allclose(me._full_saturation_hsv_to_rgb(hue, value), expected, atol=5e-7)

@@ -35,11 +35,27 @@ def flow_to_motion_frame(flow: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.n
   if flow.ndim < 3 or flow.shape[-1] != 2:
     raise ValueError(f"flow must have shape [..., H, W, 2], got {flow.shape}")
   height, width = flow.shape[-3], flow.shape[-2]
-  magnitude = np.linalg.norm(flow, axis=-1)
+  magnitude = np.hypot(flow[..., 0], flow[..., 1])
   value = np.minimum(1.0, magnitude / _max_magnitude(height, width, sigma))
   hue = (np.arctan2(flow[..., 1], flow[..., 0]) / (2 * np.pi)) % 1.0
-  hsv = np.stack([hue, np.ones_like(value), value], axis=-1)
-  return colors.hsv_to_rgb(hsv).astype(np.float32, copy=False)
+  return _full_saturation_hsv_to_rgb(hue.astype(np.float32), value.astype(np.float32))
+
+
+_HSV_CHANNEL_OFFSETS = np.array([5.0, 3.0, 1.0], np.float32)   # R, G, B
+
+
+def _full_saturation_hsv_to_rgb(hue: np.ndarray, value: np.ndarray) -> np.ndarray:
+  """HSV with saturation 1 -> RGB, float32: channel n is v * (1 - clip(min(k, 4 - k), 0, 1))
+  with k = (n + 6h) mod 6 (the standard closed form). Hand-written because
+  matplotlib.colors.hsv_to_rgb, which handles any saturation in float64, made this
+  encoding the slowest stage of a video build (136 frames/s at 256x256): on 8 frames
+  of 256x256 it took 80 ms, this takes 14 ms. It agrees with matplotlib to 5e-7
+  (tests/data/test_motion_encoding.py)."""
+  k = _HSV_CHANNEL_OFFSETS + np.float32(6.0) * hue[..., None]   # in [1, 11): hue in [0, 1)
+  k -= np.float32(6.0) * (k >= 6.0)                              # mod 6, without fmod
+  weight = np.minimum(k, np.float32(4.0) - k)
+  np.clip(weight, 0.0, 1.0, out=weight)
+  return value[..., None] * (np.float32(1.0) - weight)
 
 
 def motion_frame_to_flow(rgb: np.ndarray, sigma: float = DEFAULT_SIGMA) -> np.ndarray:

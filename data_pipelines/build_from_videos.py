@@ -42,6 +42,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 from etils import epath
+import tensorflow_datasets as tfds
 
 from data_pipelines import captions as captions_lib
 from data_pipelines import tfds_prepare
@@ -58,6 +59,9 @@ from videojam_jax.data import motion_encoding
 REPORT_NAME = "build_report.json"
 WORK_DIR_NAME = "video_clips_work"
 DEFAULT_VALIDATION_FRACTION = 0.05
+# The Beam engine's options on this machine when no --runner is given.
+LOCAL_BEAM_OPTIONS = ("--runner=FnApiRunner", "--direct_num_workers={workers}",
+                      "--direct_running_mode=multi_processing")
 SUMMARY_MAX_FILES = 20  # skipped files listed in the printed summary (the JSON has all)
 REPORT_INDENT = 2
 
@@ -122,7 +126,8 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
           max_clips_per_video: int = 0,
           cut_threshold: float = video_files.DEFAULT_CUT_THRESHOLD,
           min_motion_px: float = 0.0, max_motion_px: float = 0.0,
-          flow_storage: str = "none",
+          flow_storage: str = "none", engine: str = "pool",
+          beam_options: Sequence[str] = (), dry_run: bool = False,
           estimator: str = flow_estimators.DEFAULT_ESTIMATOR,
           preset: str | None = None, estimator_weights: str | None = None,
           estimator_modules: Sequence[str] = (),
@@ -181,6 +186,19 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
     except OSError as e:  # vanished or unreadable since it was listed
       skipped.append(captions_lib.Skipped(source.path, "missing_file", str(e)))
   sources = keyed
+  settings = dict(videos=videos, captions=captions, output_dir=output_dir,
+                  work_dir=work_dir, config_name=config.name,
+                  flow_estimator=estimator_name, flow_sigma=sigma,
+                  validation_fraction=validation_fraction, workers=workers, engine=engine,
+                  **dataclasses.asdict(clip_spec))
+  if engine == "beam":
+    return _build_with_beam(
+        sources, validation_fraction, skipped, warnings, config=config, clip_spec=clip_spec,
+        flow_spec=flow_spec, output_dir=output_dir, config_dir=config_dir,
+        version_dir=version_dir, beam_options=beam_options, dry_run=dry_run,
+        settings=settings, start=start, workers=workers)
+  if engine != "pool":
+    raise ValueError(f"engine={engine!r}: choose 'pool' or 'beam'")
 
   # Stage 1: clips + flow.
   prepared = flow_workers.prepare_clips(sources, clip_spec, flow_spec, work_dir,
@@ -220,11 +238,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   config_dir.mkdir(parents=True, exist_ok=True)
   report = BuildReport(
       dataset_dir=dataset_dir, report_path=os.fspath(config_dir / REPORT_NAME),
-      settings=dict(videos=videos, captions=captions, output_dir=output_dir,
-                    work_dir=work_dir, config_name=config.name,
-                    flow_estimator=estimator_name, flow_sigma=sigma,
-                    validation_fraction=validation_fraction, workers=workers,
-                    **dataclasses.asdict(clip_spec)),
+      settings=settings,
       files_found=len(sources) + sum(s.reason == "no_caption" for s in skipped),
       files_with_clips=len(usable),
       files_from_cache=sum(r.status == "cached" for r in prepared.results),
@@ -244,6 +258,90 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   if not usable:
     raise NoClipsError(
         f"no file gave a clip; nothing written.\n{report.summary()}")
+  return report
+
+
+def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fraction: float,
+                     skipped: list[captions_lib.Skipped], warnings: list[str], *,
+                     config: video_clips_builder.VideoClipsConfig,
+                     clip_spec: video_files.ClipSpec, flow_spec: flow_workers.FlowSpec,
+                     output_dir: str, config_dir: epath.Path, version_dir: epath.Path,
+                     beam_options: Sequence[str], dry_run: bool, settings: dict[str, Any],
+                     start: float, workers: int) -> BuildReport | None:
+  """The Beam engine (video_clips_beam.py): decode, flow, encode and write in one pipeline.
+
+  `beam_options` are Beam's own flags, e.g. DataflowRunner's --runner, --project,
+  --region, --temp_location. Without --runner the build runs here on Beam's FnApiRunner
+  in `workers` processes (LOCAL_BEAM_OPTIONS): the engine of the DirectRunner, which
+  would first try to download its Prism runner binary, and nothing is downloaded at
+  run time here. dry_run: check the options, print the plan, write nothing (returns
+  None).
+  """
+  from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
+  from data_pipelines import video_clips_beam  # pylint: disable=import-outside-toplevel
+  beam_options = list(beam_options)
+  if not any(o.startswith("--runner") for o in beam_options):
+    beam_options = [o.format(workers=max(1, workers)) for o in LOCAL_BEAM_OPTIONS] + beam_options
+  options = pipeline_options.PipelineOptions(beam_options)
+  runner = options.view_as(pipeline_options.StandardOptions).runner or "DirectRunner"
+  # Splits are assigned in the pipeline, among the files that give clips (as the pool
+  # engine does after its first stage); the plan lists every input file once.
+  plan = video_clips_builder.WritePlan("", {splits_lib.SPLITS[0]: sources})
+  if dry_run:
+    print(f"Beam build (dry run, nothing written): runner {runner}, options "
+          f"{options.get_all_options(drop_default=True)}; {len(sources)} captioned files, "
+          f"validation_fraction {validation_fraction} -> {version_dir}")
+    return None
+  config_dir.mkdir(parents=True, exist_ok=True)
+  rewritten = False
+  if len(sources) < 2 and validation_fraction:   # assign_splits needs two files
+    warnings.append("no validation split (a single file); a trainer evaluating on "
+                    "'validation' needs one")
+    validation_fraction = 0.0
+
+  def write(fraction: float) -> None:
+    version_dir.rmtree(missing_ok=True)
+    builder = video_clips_beam.VideoClipsBeam(
+        plan=plan, beam_spec=video_clips_beam.BeamSpec(
+            clip_spec, flow_spec, os.fspath(config_dir), fraction),
+        config=config, data_dir=output_dir, file_format=video_clips_builder.FILE_FORMAT)
+    tfds_prepare.prepare(builder, beam_options=options)
+
+  if sources and video_clips_builder.existing_digest(version_dir) != plan.digest(config):
+    try:
+      write(validation_fraction)
+    except ValueError as e:
+      # TFDS refuses an empty split; only one file gave clips, which is known only now.
+      if "examples is 0 for split validation" not in str(e):
+        raise
+      warnings.append("no validation split (only one file gave clips): built again with "
+                      "train only")
+      write(0.0)
+    rewritten = True
+  beam_skipped, counters = video_clips_beam.read_reports(os.fspath(config_dir))
+  skipped += [captions_lib.Skipped(s["path"], s["reason"], s["detail"]) for s in beam_skipped]
+  splits = (tfds.builder_from_directory(os.fspath(version_dir)).info.splits
+            if (version_dir / "dataset_info.json").exists() else {})
+  clips = {split: (splits[split].num_examples if split in splits else 0)
+           for split in splits_lib.SPLITS}
+  report = BuildReport(
+      dataset_dir=os.fspath(version_dir) if sum(clips.values()) else None,
+      report_path=os.fspath(config_dir / REPORT_NAME), settings=settings,
+      files_found=len(sources) + sum(s.reason == "no_caption" for s in skipped),
+      files_with_clips=counters.get("files_with_clips", 0), files_from_cache=0, clips=clips,
+      skipped=[dataclasses.asdict(s) for s in skipped], warnings=warnings,
+      dataset_rewritten=rewritten,
+      seconds=dict(prepare=0.0, write=round(time.perf_counter() - start, 3),
+                   total=round(time.perf_counter() - start, 3)),
+      new_clips_per_second=0.0,
+      files_split_at_cuts=counters.get("files_split_at_cuts", 0),
+      shots_with_clips=counters.get("shots_with_clips", 0),
+      clips_dropped={reason: counters.get(f"clips_dropped_{reason}", 0)
+                     for reason in (motion_filters.FAST, motion_filters.STATIC)})
+  files.atomic_write(report.report_path,
+                     json.dumps(dataclasses.asdict(report), indent=REPORT_INDENT))
+  if not sum(clips.values()):
+    raise NoClipsError(f"no file gave a clip; nothing written.\n{report.summary()}")
   return report
 
 
@@ -305,6 +403,14 @@ def define_flags() -> None:
       "validation_fraction", DEFAULT_VALIDATION_FRACTION,
       "Fraction of files (not clips) in the validation split; 0: train only.")
   flags.DEFINE_integer("workers", 2, "Processes for decoding + flow (<= 1: in-process).")
+  flags.DEFINE_enum("engine", "pool", ["pool", "beam"],
+                    "pool: a process pool and a flow cache on this machine (resumable); "
+                    "beam: an Apache Beam pipeline (DirectRunner here, Dataflow at scale).")
+  flags.DEFINE_multi_string(
+      "beam_option", [], "A Beam pipeline flag, repeated: --beam_option=--runner=DirectRunner "
+      "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
+  flags.DEFINE_bool("dry_run", False, "Beam: check the options and print the plan; write "
+                    "nothing.")
 
 
 def main(argv: list[str]) -> None:
@@ -315,7 +421,8 @@ def main(argv: list[str]) -> None:
     report = build(
         f.videos, f.captions, f.output_dir, num_frames=f.num_frames, height=f.height,
         width=f.width, fps=f.fps, stride=f.stride, max_clips_per_video=f.max_clips_per_video,
-        cut_threshold=f.cut_threshold, flow_storage=f.store_flow,
+        cut_threshold=f.cut_threshold, flow_storage=f.store_flow, engine=f.engine,
+        beam_options=f.beam_option, dry_run=f.dry_run,
         min_motion_px=f.min_motion_px,
         max_motion_px=f.max_motion_px,
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
@@ -324,7 +431,8 @@ def main(argv: list[str]) -> None:
   except (NoClipsError, captions_lib.CaptionsError, clip_cache.WorkDirError,
           flow_workers.WorkerStartError, flow_estimators.FlowEstimatorError) as e:
     raise SystemExit(f"error: {e}") from None  # a message, not a traceback
-  print(report.summary())
+  if report is not None:   # None: a dry run, which printed its plan
+    print(report.summary())
 
 
 if __name__ == "__main__":

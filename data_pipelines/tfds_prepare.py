@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 
 import tensorflow_datasets as tfds
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> None:
+def prepare(builder: tfds.core.DatasetBuilder, beam_options: Any = None) -> None:
   """`builder.download_and_prepare()` with nothing to download and no statistics.
 
   A throwaway download_dir keeps TFDS from leaving an empty `downloads/` folder in
@@ -17,4 +18,4 @@ def prepare(builder: tfds.core.DatasetBuilder) -> None:
     builder.download_and_prepare(
         download_dir=download_dir,
         download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+            compute_stats=tfds.download.ComputeStatsMode.SKIP, beam_options=beam_options))

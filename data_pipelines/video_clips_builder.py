@@ -23,6 +23,7 @@ from concurrent import futures
 from typing import Any
 
 from etils import epath
+import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import motion_filters
@@ -155,7 +156,6 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     cache = ClipCache(self._plan.work_dir)
 
     keep = kept_clips(cache, sources, motion_filter_of(config))
-    flow_dtype = clip_records.FLOW_STORAGE[config.flow_storage]
 
     def cached_clips():
       for source in sources:
@@ -164,21 +164,27 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
             yield source, index, start, video, flow
 
     def make_example(item) -> tuple[str, dict[str, Any]]:
-      source, index, start, video, flow = item
-      clip_id = f"{source.name}#{index:05d}@{start:.3f}s"
-      example = {
-          "video": video,
-          "motion": motion_encoding.flows_to_motion_video(flow, config.flow_sigma),
-          "caption": source.caption,
-          "clip_id": clip_id,
-      }
-      if flow_dtype is not None:
-        example["flow"] = flow.astype(flow_dtype)
-      return clip_id, example
+      return clip_example(config, *item)
 
     # TFDS compresses each example in this thread; encoding the next motion videos
     # meanwhile in another (NumPy and zlib both release the GIL) uses a second core.
     yield from prefetch_map(make_example, cached_clips(), WRITE_PREFETCH)
+
+
+def clip_example(config: VideoClipsConfig, source: SourceVideo, index: int, start: float,
+                 video: np.ndarray, flow: np.ndarray) -> tuple[str, dict[str, Any]]:
+  """One clip's (key, TFDS example), whichever engine computed it."""
+  clip_id = f"{source.name}#{index:05d}@{start:.3f}s"
+  example = {
+      "video": video,
+      "motion": motion_encoding.flows_to_motion_video(flow, config.flow_sigma),
+      "caption": source.caption,
+      "clip_id": clip_id,
+  }
+  flow_dtype = clip_records.FLOW_STORAGE[config.flow_storage]
+  if flow_dtype is not None:
+    example["flow"] = flow.astype(flow_dtype)
+  return clip_id, example
 
 
 def motion_filter_of(config: VideoClipsConfig) -> motion_filters.MotionFilter:

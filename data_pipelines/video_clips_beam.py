@@ -173,5 +173,9 @@ def read_reports(report_dir: str) -> tuple[list[dict[str, str]], dict[str, int]]
   if os.path.exists(skipped_path):
     with open(skipped_path) as f:
       skipped = [json.loads(line) for line in f if line.strip()]
-  with open(os.path.join(report_dir, COUNTERS_REPORT)) as f:
-    return sorted(skipped, key=lambda s: s["path"]), json.load(f)
+  counters_path = os.path.join(report_dir, COUNTERS_REPORT)
+  counters = {}
+  if os.path.exists(counters_path):   # absent: the reports of an earlier run were removed
+    with open(counters_path) as f:
+      counters = json.load(f)
+  return sorted(skipped, key=lambda s: s["path"]), counters

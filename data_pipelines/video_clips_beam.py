@@ -51,11 +51,14 @@ class BeamSpec:
 
 
 class ClipsOfFile:
-  """Beam DoFn body: source -> (source, index, start, video, flow) per clip kept, or a
-  tagged SKIPPED record for a file that gives none."""
+  """Beam DoFn body: source -> (file name, (key, example)) per clip kept, or a tagged
+  SKIPPED record for a file that gives none. The example is made here, before the
+  split barrier, so what crosses it is the record (uint8 motion video; raw flow only
+  if stored), not the float32 flow."""
 
-  def __init__(self, spec: BeamSpec, motion_filter: motion_filters.MotionFilter):
-    self.spec, self.motion_filter = spec, motion_filter
+  def __init__(self, spec: BeamSpec, motion_filter: motion_filters.MotionFilter,
+               config: video_clips_builder.VideoClipsConfig):
+    self.spec, self.motion_filter, self.config = spec, motion_filter, config
     self._estimator = None
 
   def setup(self) -> None:
@@ -86,7 +89,8 @@ class ClipsOfFile:
         counter(f"clips_dropped_{reason}").inc()
         continue
       counter("clips").inc()
-      yield source, clip.index, clip.start_time, clip.frames, flow
+      yield source.name, video_clips_builder.clip_example(
+          self.config, source, clip.index, clip.start_time, clip.frames, flow)
 
 
 def _do_fn(body: ClipsOfFile) -> Any:
@@ -124,8 +128,8 @@ class VideoClipsBeam(video_clips_builder.VideoClips, skip_registration=True):
     sources = [s for split_sources in self._plan.splits.values() for s in split_sources]
     results = (pipeline
                | "Files" >> beam.Create(sources)
-               | "DecodeFlowFilter" >> beam.ParDo(_do_fn(ClipsOfFile(
-                   self._beam_spec, video_clips_builder.motion_filter_of(config))))
+               | "DecodeFlowFilterEncode" >> beam.ParDo(_do_fn(ClipsOfFile(
+                   self._beam_spec, video_clips_builder.motion_filter_of(config), config)))
                .with_outputs(SKIPPED, main="clips"))
     _ = (results[SKIPPED]
          | "SkippedAsJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
@@ -136,7 +140,7 @@ class VideoClipsBeam(video_clips_builder.VideoClips, skip_registration=True):
     # Files get their split once it is known which give clips (the pool engine's rule).
     fraction = self._beam_spec.validation_fraction
     split_of = (results.clips
-                | "FileNames" >> beam.Map(lambda item: item[0].name)
+                | "FileNames" >> beam.Map(lambda item: item[0])
                 | "Distinct" >> beam.Distinct()
                 | "AllNames" >> beam.combiners.ToList()
                 | "AssignSplits" >> beam.Map(
@@ -145,10 +149,9 @@ class VideoClipsBeam(video_clips_builder.VideoClips, skip_registration=True):
     def examples_of(split: str):
       return (results.clips
               | f"Only{split}" >> beam.Filter(
-                  lambda item, assigned, s=split: assigned[item[0].name] == s,
+                  lambda item, assigned, s=split: assigned[item[0]] == s,
                   assigned=beam.pvalue.AsSingleton(split_of))
-              | f"Examples{split}" >> beam.Map(
-                  lambda item: video_clips_builder.clip_example(config, *item)))
+              | f"Examples{split}" >> beam.Map(lambda item: item[1]))
     return {split: examples_of(split) for split in splits_lib.SPLITS
             if split == splits_lib.SPLITS[0] or fraction > 0}
 

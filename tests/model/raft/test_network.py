@@ -45,5 +45,7 @@ def test_inputs_are_checked():
     model(image[:, :60], image[:, :60])
   with pytest.raises(ValueError, match="differ in shape"):
     model(image, image[:, :, :72])
+  with pytest.raises(ValueError, match="at least 32 px, got 24x80"):   # 3 levels: 8 * 2^2
+    model(image[:, :24], image[:, :24])
   with pytest.raises(ValueError, match="must exceed"):
     network.RaftConfig(context_layers=(8, 8, 8, 8, 8), hidden=8)

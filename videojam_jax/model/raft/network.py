@@ -336,6 +336,10 @@ class Raft(nnx.Module):
     if height % DOWNSAMPLE or width % DOWNSAMPLE:
       raise ValueError(f"image sides must be multiples of {DOWNSAMPLE}, got {height}x{width}")
     c = self.config
+    min_side = DOWNSAMPLE * 2 ** (c.corr_levels - 1)   # the coarsest level keeps >= 1 pixel
+    if min(height, width) < min_side:
+      raise ValueError(f"RAFT with {c.corr_levels} correlation levels needs sides of at least "
+                       f"{min_side} px, got {height}x{width} (resize or pad the frames)")
     fmaps = self.feature_encoder(jnp.concatenate([image1, image2], 0))
     pyramid = correlation_pyramid(fmaps[:b], fmaps[b:], c.corr_levels)
     context_out = self.context_encoder(image1)

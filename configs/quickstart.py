@@ -68,6 +68,11 @@ def defaults() -> ml_collections.ConfigDict:
   # A Wan pipeline folder: the records also carry each caption's umT5 embedding (then
   # data.text_embeddings is not needed); "": captions only.
   config.data.latents.text_encoder = ""
+  # torchvision RAFT weights (raft_large / raft_small .pth): the motion videos are then
+  # made from RAFT flow of the source frames, on the same devices as the VAE, in the
+  # same pass; "": the source dataset's motion videos as they are.
+  config.data.latents.flow_weights = ""
+  config.data.latents.flow_updates = 12
   # The synthetic physics clips that build_synthetic writes into data.dataset_dir.
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_train_clips = 1024

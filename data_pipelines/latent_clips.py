@@ -54,7 +54,9 @@ from data_pipelines import tfds_prepare
 from videojam_jax import files
 from videojam_jax.data import clip_records
 from videojam_jax.data import frames
+from videojam_jax.data import motion_encoding
 from videojam_jax.data import pipeline
+from videojam_jax.data import raft_flow
 from videojam_jax.model import functional
 from videojam_jax.model.wan import text as wan_text
 from videojam_jax.model.wan import vae as vae_lib
@@ -81,6 +83,8 @@ class LatentClipsConfig(tfds.core.BuilderConfig):
   chunk_clips: int
   text_encoder_dir: str = ""
   text_max_length: int = 0
+  flow_estimator: str = ""      # RAFT's name when the motion is recomputed ("": the source's)
+  flow_weights: str = ""
 
 
 def latent_features(num_frames: int, height: int, width: int, channels: int,
@@ -236,8 +240,9 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
   def code_path(cls) -> epath.Path:
     return epath.Path(__file__)
 
-  def __init__(self, *, encoder: LatentEncoder, text_encoder: Any = None, **kwargs: Any):
-    self._encoder, self._text_encoder = encoder, text_encoder
+  def __init__(self, *, encoder: LatentEncoder, text_encoder: Any = None, flow: Any = None,
+               **kwargs: Any):
+    self._encoder, self._text_encoder, self._flow = encoder, text_encoder, flow
     self.skipped: list[dict[str, Any]] = []     # clips left out, and why (SKIPPED_FILE)
     self.store: ChunkStore | None = None         # the encoded chunks the dataset is written from
     config: LatentClipsConfig = kwargs["config"]
@@ -270,7 +275,9 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
         features=latent_features(t, h, w, z, text.get("text_embedding_dim", 0)),
         metadata=clip_records.clip_metadata(
             num_frames=t, height=h, width=w, fps=float(m["fps"]),
-            flow_estimator=str(m["flow_estimator"]), flow_sigma=float(m["flow_sigma"]),
+            flow_estimator=(self._flow.name if self._flow is not None
+                            else str(m["flow_estimator"])),
+            flow_sigma=float(m["flow_sigma"]),
             source=SOURCE, channels=z, vae_sha256=self.builder_config.vae_sha256,
             latents_mean=list(vae.latents_mean), latents_std=list(vae.latents_std),
             pixel_num_frames=int(m["num_frames"]), pixel_height=int(m["height"]),
@@ -283,6 +290,8 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     return dict(source_dataset=self._source_version_dir, vae_sha256=c.vae_sha256,
                 text_encoder=c.text_encoder_dir, text_max_length=c.text_max_length,
+                **({"flow_estimator": c.flow_estimator, "flow_weights": c.flow_weights}
+                   if c.flow_estimator else {}),
                 chunk_clips=c.chunk_clips, latent_shape=list(self._latent_shape),
                 splits={s: int(info.num_examples) for s, info in self._source.info.splits.items()})
 
@@ -338,7 +347,13 @@ class WanLatentClips(tfds.core.GeneratorBasedBuilder):
     n = len(records)
     # Video and motion of the batch in one call (the same VAE), padded to a constant
     # batch so that one program serves every batch.
-    clips = np.stack([r["video"] for r in records] + [r["motion"] for r in records])
+    if self._flow is not None:   # the motion videos from RAFT flow of the frames
+      sigma = float(self._source_metadata["flow_sigma"])
+      motions = [motion_encoding.flows_to_motion_video(self._flow.estimate(r["video"]), sigma)
+                 for r in records]
+    else:
+      motions = [r["motion"] for r in records]
+    clips = np.stack([r["video"] for r in records] + motions)
     pad = 2 * batch - len(clips)
     if pad:
       clips = np.concatenate([clips, np.repeat(clips[:1], pad, axis=0)])
@@ -409,13 +424,21 @@ def build(config: ml_collections.ConfigDict, *, share: Share | None = None,
   if text_dir:
     text_encoder = wan_text.WanTextEncoder.from_pipeline(text_dir, plan, max_length=max_length)
     name += f"-text{max_length}"
+  flow = None
+  flow_weights = str(latents.get("flow_weights", ""))
+  if flow_weights:
+    flow = raft_flow.RaftEstimator(flow_weights, num_updates=int(latents.get("flow_updates", 12)))
+    name += "-" + flow.name.replace(":", "-")
   builder_config = LatentClipsConfig(name=name, version=WanLatentClips.VERSION,
                                      source_dir=str(latents.source_dir),
                                      vae_dir=str(latents.vae), vae_sha256=vae_hash,
                                      batch_size=batch, chunk_clips=chunk_clips,
                                      text_encoder_dir=text_dir,
-                                     text_max_length=max_length if text_dir else 0)
-  builder = WanLatentClips(encoder=encoder, text_encoder=text_encoder, config=builder_config,
+                                     text_max_length=max_length if text_dir else 0,
+                                     flow_estimator=flow.name if flow else "",
+                                     flow_weights=flow_weights)
+  builder = WanLatentClips(encoder=encoder, text_encoder=text_encoder, flow=flow,
+                           config=builder_config,
                            data_dir=str(config.data.dataset_dir), file_format=FILE_FORMAT)
   path = str(builder.data_dir)
   if builder.is_prepared():

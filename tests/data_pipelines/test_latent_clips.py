@@ -282,3 +282,39 @@ def test_a_work_dir_of_another_build_is_refused(tmp_path):
   config.data.latents.chunk_clips = 3
   with pytest.raises(ValueError, match="chunk_clips=3 must be a positive multiple of .*batch_size=2"):
     latent_clips.build(config)
+
+
+def test_raft_remakes_the_motion_in_the_same_pass(tmp_path):
+  """data.latents.flow_weights: the motion videos come from RAFT flow of the source frames
+  (computed on the VAE's devices, in the same pass), not from the source's motion."""
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  from videojam_jax.model.raft import network  # pylint: disable=import-outside-toplevel
+  from videojam_jax.model.raft import weights as raft_weights  # pylint: disable=import-outside-toplevel
+  raft = tmp_path / "raft_small.safetensors"    # raft_small's shapes, random weights
+  safetensors.numpy.save_file(raft_weights.to_state_dict(network.init(network.RAFT_SMALL)),
+                              str(raft))
+  config = wan_tiny.get_config()
+  config.compilation_cache_dir = ""
+  config.data.num_frames, config.data.height, config.data.width = 5, 64, 64  # RAFT: >= 64 px
+  config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = 2, 2
+  config.data.dataset_dir = str(tmp_path / "pixels")
+  synthetic_dataset.build(config)
+  config.data.latents.source_dir = str(tmp_path / "pixels")
+  config.data.latents.vae = str(VAE)
+  config.data.latents.batch_size = 2
+  config.data.latents.chunk_clips = 2
+  config.data.dataset_dir = str(tmp_path / "latents")
+  plain = tfds.builder_from_directory(latent_clips.build(config))
+  config.data.latents.flow_weights = str(raft)
+  config.data.latents.flow_updates = 2
+  with_raft = tfds.builder_from_directory(latent_clips.build(config))
+  assert with_raft.info.metadata["flow_estimator"] == "raft:small:2"
+  assert plain.info.metadata["flow_estimator"] != "raft:small:2"
+  name = lambda builder: pathlib.Path(builder.data_dir).parent.name   # the config's name
+  assert name(with_raft).endswith("-raft-small-2") and "raft" not in name(plain)
+  a, b = plain.as_data_source("train"), with_raft.as_data_source("train")
+  for i in range(len(a)):
+    assert a[i]["clip_id"] == b[i]["clip_id"]
+    np.testing.assert_array_equal(a[i]["video"], b[i]["video"])     # frames: the same
+    assert np.abs(a[i]["motion"] - b[i]["motion"]).max() > 1e-3     # motion: RAFT's
+    assert b[i]["motion"].shape == (2, 8, 8, 4) and np.isfinite(b[i]["motion"]).all()

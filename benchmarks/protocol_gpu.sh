@@ -6,7 +6,8 @@
 #
 # For a machine image without the packages requirements.txt names (grain, array-record,
 # TFDS, ml_collections, clu, tensorboardX): wheels in .whl/ (../shared/device/fetch-wheels.sh
-# tensorboardX importlib_resources) are installed first. Clips are written as GIF because
+# tensorboardX importlib_resources portpicker googleapis-common-protos; grain needs
+# portpicker) are installed first. Clips are written as GIF because
 # such an image has no imageio-ffmpeg; elsewhere, `python -m videojam_jax.rewrite_clips
 # --eval_dir DIR/eval` turns them into MP4 (and rebuilds the page) from the clips.npz files.
 # PROTOCOL_SECONDS (default 480) bounds the run, so that what finished is packed anyway

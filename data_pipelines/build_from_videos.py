@@ -405,10 +405,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("workers", 2, "Processes for decoding + flow (<= 1: in-process).")
   flags.DEFINE_enum("engine", "pool", ["pool", "beam"],
                     "pool: a process pool and a flow cache on this machine (resumable); "
-                    "beam: an Apache Beam pipeline (DirectRunner here, Dataflow at scale).")
+                    "beam: an Apache Beam pipeline (Beam's FnApiRunner in --workers "
+                    "processes here, Dataflow at scale).")
   flags.DEFINE_multi_string(
-      "beam_option", [], "A Beam pipeline flag, repeated: --beam_option=--runner=DirectRunner "
-      "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
+      "beam_option", [], "A Beam pipeline flag, repeated, e.g. --beam_option=--runner="
+      "DataflowRunner --beam_option=--project=P. Without --runner: the local FnApiRunner.")
   flags.DEFINE_bool("dry_run", False, "Beam: check the options and print the plan; write "
                     "nothing.")
 

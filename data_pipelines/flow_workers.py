@@ -86,12 +86,15 @@ def process_file(source: SourceVideo) -> FileResult:
   estimator, cache = _WORKER["estimator"], _WORKER["cache"]
   start = time.perf_counter()
   try:
-    clips = ((clip, checked_flow(estimator, clip.frames))
-             for clip in video_files.iter_clips(source.path, _WORKER["clip_spec"],
-                                                _WORKER["decode_threads"]))
-    n = cache.write_clips(source, clips)
-    done = cache.lookup(source)   # what was written, shots included
-    return FileResult(source.path, source.key, "done", n, num_shots=done.num_shots,
+    shots = set()
+
+    def clips():
+      for clip in video_files.iter_clips(source.path, _WORKER["clip_spec"],
+                                         _WORKER["decode_threads"]):
+        shots.add(clip.shot)
+        yield clip, checked_flow(estimator, clip.frames)
+    n = cache.write_clips(source, clips())
+    return FileResult(source.path, source.key, "done", n, num_shots=len(shots),
                       seconds=time.perf_counter() - start)
   except video_files.VideoFileError as e:
     cache.write_failure(source, e.reason, e.detail)

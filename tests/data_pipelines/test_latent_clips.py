@@ -31,16 +31,18 @@ LATENT = dict(num_frames=2, height=2, width=2, channels=4)
 TEXT = dict(source="precomputed", max_length=16, embedding_dim=32)
 
 
-def config_for(root):
+def config_for(root, *, side=16, clips=(6, 2), batch_size=4):
+  """A synthetic pixel dataset of 5-frame side x side clips (train, eval counts) under
+  root/pixels, and the config that encodes it into root/latents."""
   config = wan_tiny.get_config()
   config.compilation_cache_dir = ""
-  config.data.num_frames, config.data.height, config.data.width = 5, 16, 16
-  config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = 6, 2
+  config.data.num_frames, config.data.height, config.data.width = 5, side, side
+  config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = clips
   config.data.dataset_dir = str(root / "pixels")
   synthetic_dataset.build(config)
   config.data.latents.source_dir = str(root / "pixels")
   config.data.latents.vae = str(VAE)
-  config.data.latents.batch_size = 4
+  config.data.latents.batch_size = batch_size
   config.data.dataset_dir = str(root / "latents")
   return config
 
@@ -293,17 +295,8 @@ def test_raft_remakes_the_motion_in_the_same_pass(tmp_path):
   raft = tmp_path / "raft_small.safetensors"    # raft_small's shapes, random weights
   safetensors.numpy.save_file(raft_weights.to_state_dict(network.init(network.RAFT_SMALL)),
                               str(raft))
-  config = wan_tiny.get_config()
-  config.compilation_cache_dir = ""
-  config.data.num_frames, config.data.height, config.data.width = 5, 64, 64  # RAFT: >= 64 px
-  config.data.synthetic.num_train_clips, config.data.synthetic.num_eval_clips = 2, 2
-  config.data.dataset_dir = str(tmp_path / "pixels")
-  synthetic_dataset.build(config)
-  config.data.latents.source_dir = str(tmp_path / "pixels")
-  config.data.latents.vae = str(VAE)
-  config.data.latents.batch_size = 2
+  config = config_for(tmp_path, side=64, clips=(2, 2), batch_size=2)   # RAFT: >= 64 px
   config.data.latents.chunk_clips = 2
-  config.data.dataset_dir = str(tmp_path / "latents")
   plain = tfds.builder_from_directory(latent_clips.build(config))
   config.data.latents.flow_weights = str(raft)
   config.data.latents.flow_updates = 2

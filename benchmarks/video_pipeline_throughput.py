@@ -44,6 +44,10 @@ _ESTIMATOR = flags.DEFINE_string("estimator", "dis", "Flow estimator.")
 _PRESET = flags.DEFINE_string("preset", "medium", "DIS preset.")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Processes for the whole-pipeline run.")
 _COPIES = flags.DEFINE_integer("copies", 2, "Copies of each clip in the whole-pipeline run.")
+_CUT = flags.DEFINE_float("cut_threshold", video_files.DEFAULT_CUT_THRESHOLD,
+                          "Shot-cut threshold of every stage (0: no cut detection).")
+_STORE_FLOW = flags.DEFINE_enum("store_flow", "none", ["none", "float16", "float32"],
+                                "Raw flow in the records of the whole-pipeline run.")
 _ENGINES = flags.DEFINE_list("engines", ["pool", "beam"],
                              "Engines of the whole-pipeline run (beam: Beam's local "
                              "FnApiRunner in --workers processes).")
@@ -62,7 +66,8 @@ def stage_rates(paths: list[str], size: int, fps: float, num_frames: int,
   """Frames/s of decode+resize, flow and encode, one process, stage by stage."""
   cv2.setNumThreads(1)  # as in a build worker
   clips, decode_s = [], 0.0
-  spec = video_files.ClipSpec(num_frames, size, size, fps, num_frames)
+  spec = video_files.ClipSpec(num_frames, size, size, fps, num_frames,
+                              cut_threshold=_CUT.value)
   for path in paths:
     start = time.perf_counter()
     clips += [c.frames for c in video_files.iter_clips(path, spec)]
@@ -97,14 +102,18 @@ def whole_pipeline(paths: list[str], copies: int, size: int, fps: float, num_fra
     report = build_from_videos.build(
         videos, os.path.join(videos, "captions.jsonl"), os.path.join(tmp, "out"),
         num_frames=num_frames, height=size, width=size, fps=fps, stride=num_frames,
-        estimator=estimator, preset=preset, workers=workers, progress=False, engine=engine)
+        estimator=estimator, preset=preset, workers=workers, progress=False, engine=engine,
+        cut_threshold=_CUT.value, flow_storage=_STORE_FLOW.value)
     seconds = time.perf_counter() - start
-  frames = sum(report.clips.values()) * num_frames
+    shard_bytes = sum(os.path.getsize(os.path.join(report.dataset_dir, f))
+                      for f in os.listdir(report.dataset_dir) if ".array_record" in f)
+  clips = sum(report.clips.values())
+  frames = clips * num_frames
   return dict(frames=frames, seconds=seconds, fps=frames / seconds,
               # The Beam engine runs its stages together (it reports no prepare stage).
               prepare_fps=frames / max(report.seconds["prepare"], 1e-9),
               write_fps=frames / max(report.seconds["write"], 1e-9),
-              files=report.files_with_clips)
+              files=report.files_with_clips, mb_per_clip=shard_bytes / clips / 1e6)
 
 
 def main(argv: list[str]) -> None:
@@ -119,7 +128,8 @@ def main(argv: list[str]) -> None:
   wholes = {engine: whole_pipeline(paths, _COPIES.value, size, fps, n, _ESTIMATOR.value,
                                    preset, _WORKERS.value, engine)
             for engine in _ENGINES.value}
-  print(f"{size}x{size}, {fps:g} fps, {n}-frame clips, {estimator.name}, "
+  print(f"{size}x{size}, {fps:g} fps, {n}-frame clips, {estimator.name}, cut threshold "
+        f"{_CUT.value:g}, raw flow stored: {_STORE_FLOW.value}, "
         f"{os.cpu_count()} CPU cores; clips: {', '.join(CLIPS)}")
   print("| stage | processes | frames/s |\n|---|---:|---:|")
   print(f"| decode + resample + resize/crop | 1 | {stages['decode_resize']:.0f} |")
@@ -128,7 +138,8 @@ def main(argv: list[str]) -> None:
   print(f"| motion encoding | 1 | {stages['encode']:.0f} |")
   for engine, whole in wholes.items():
     print(f"| whole pipeline, {engine} engine (end to end, {whole['files']} files, "
-          f"{whole['frames']} frames) | {_WORKERS.value} | {whole['fps']:.0f} |")
+          f"{whole['frames']} frames; {whole['mb_per_clip']:.2f} MB a clip) | "
+          f"{_WORKERS.value} | {whole['fps']:.0f} |")
     if engine == "pool":
       print(f"| - of which stage 1: decode + flow + cache, pool start included | "
             f"{_WORKERS.value} | {whole['prepare_fps']:.0f} |")

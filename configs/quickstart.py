@@ -50,6 +50,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.data.worker_count = 0          # Grain worker processes (0: in-process)
   config.data.prefetch_buffer_size = 2
   config.data.read_threads = 2
+  # Largest shard file the dataset builders write, in MiB (TFDS's default bound). Every
+  # shard read is an open file in each reading process; data/open_files.py raises the
+  # limit as needed.
+  config.data.max_shard_mb = 1024.0
   # .npz of precomputed caption embeddings (captions, embeddings, masks), used when
   # model.text.source == "precomputed".
   config.data.text_embeddings = ""
@@ -82,6 +86,8 @@ def defaults() -> ml_collections.ConfigDict:
   config.data.synthetic.fps = 8.0
   # Backgrounds drawn from (a subset of checkered, striped, mottled).
   config.data.synthetic.background_kinds = ("checkered", "striped", "mottled")
+  # Motions drawn from, uniformly (a subset of linear, bouncing, falling, rotating).
+  config.data.synthetic.motion_kinds = ("linear", "bouncing", "falling", "rotating")
 
   # --- Model: a video DiT; jam=True adds VideoJAM's motion input rows and motion head.
   config.model = ml_collections.ConfigDict()

@@ -133,13 +133,15 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
           estimator_modules: Sequence[str] = (),
           sigma: float = motion_encoding.DEFAULT_SIGMA,
           validation_fraction: float = DEFAULT_VALIDATION_FRACTION, workers: int = 2,
-          work_dir: str | None = None, progress: bool = True) -> BuildReport:
+          work_dir: str | None = None, progress: bool = True,
+          max_shard_mb: float = tfds_prepare.DEFAULT_MAX_SHARD_MB) -> BuildReport:
   """Builds (or updates) the clip dataset; returns the report (also saved as JSON).
 
   Raises FlowEstimatorError for a bad estimator, CaptionsError for a malformed
   captions file, and NoClipsError (after saving the report) if no file gave a clip.
   Bad video files never raise: they are skipped and listed in the report.
   `output_dir` must be local (ValueError otherwise): ArrayRecord writes local files only.
+  `max_shard_mb` bounds a shard file's size when the dataset is (re)written.
   """
   if not files.is_local(output_dir):
     raise ValueError(
@@ -190,13 +192,13 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
                   work_dir=work_dir, config_name=config.name,
                   flow_estimator=estimator_name, flow_sigma=sigma,
                   validation_fraction=validation_fraction, workers=workers, engine=engine,
-                  **dataclasses.asdict(clip_spec))
+                  max_shard_mb=max_shard_mb, **dataclasses.asdict(clip_spec))
   if engine == "beam":
     return _build_with_beam(
         sources, validation_fraction, skipped, warnings, config=config, clip_spec=clip_spec,
         flow_spec=flow_spec, output_dir=output_dir, config_dir=config_dir,
         version_dir=version_dir, beam_options=beam_options, dry_run=dry_run,
-        settings=settings, start=start, workers=workers)
+        settings=settings, start=start, workers=workers, max_shard_mb=max_shard_mb)
   if engine != "pool":
     raise ValueError(f"engine={engine!r}: choose 'pool' or 'beam'")
 
@@ -232,7 +234,7 @@ def build(videos: str | None, captions: str, output_dir: str, *, num_frames: int
   if usable:
     dataset_dir = os.fspath(version_dir)
     if video_clips_builder.existing_digest(version_dir) != plan.digest(config):
-      _write_dataset(plan, config, output_dir, version_dir)
+      _write_dataset(plan, config, output_dir, version_dir, max_shard_mb)
       rewritten = True
 
   config_dir.mkdir(parents=True, exist_ok=True)
@@ -267,7 +269,7 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
                      clip_spec: video_files.ClipSpec, flow_spec: flow_workers.FlowSpec,
                      output_dir: str, config_dir: epath.Path, version_dir: epath.Path,
                      beam_options: Sequence[str], dry_run: bool, settings: dict[str, Any],
-                     start: float, workers: int) -> BuildReport | None:
+                     start: float, workers: int, max_shard_mb: float) -> BuildReport | None:
   """The Beam engine (video_clips_beam.py): decode, flow, encode and write in one pipeline.
 
   `beam_options` are Beam's own flags, e.g. DataflowRunner's --runner, --project,
@@ -305,7 +307,7 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
         plan=plan, beam_spec=video_clips_beam.BeamSpec(
             clip_spec, flow_spec, os.fspath(config_dir), fraction),
         config=config, data_dir=output_dir, file_format=video_clips_builder.FILE_FORMAT)
-    tfds_prepare.prepare(builder, beam_options=options)
+    tfds_prepare.prepare(builder, beam_options=options, max_shard_mb=max_shard_mb)
 
   if sources and video_clips_builder.existing_digest(version_dir) != plan.digest(config):
     try:
@@ -347,14 +349,14 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
 
 def _write_dataset(plan: video_clips_builder.WritePlan,
                    config: video_clips_builder.VideoClipsConfig,
-                   output_dir: str, version_dir: epath.Path) -> None:
+                   output_dir: str, version_dir: epath.Path, max_shard_mb: float) -> None:
   """Writes the shards from the cache, replacing an older dataset of this config."""
   # The old version folder must go before the builder is made: TFDS would
   # otherwise restore the old dataset's info (metadata included) from it.
   version_dir.rmtree(missing_ok=True)
   builder = video_clips_builder.VideoClips(plan=plan, config=config, data_dir=output_dir,
                                            file_format=video_clips_builder.FILE_FORMAT)
-  tfds_prepare.prepare(builder)
+  tfds_prepare.prepare(builder, max_shard_mb=max_shard_mb)
 
 
 def define_flags() -> None:
@@ -402,6 +404,9 @@ def define_flags() -> None:
   flags.DEFINE_float(
       "validation_fraction", DEFAULT_VALIDATION_FRACTION,
       "Fraction of files (not clips) in the validation split; 0: train only.")
+  flags.DEFINE_float("max_shard_mb", tfds_prepare.DEFAULT_MAX_SHARD_MB,
+                     "Largest shard file to write, in MiB (each shard read is an open file "
+                     "in every process that reads the dataset).")
   flags.DEFINE_integer("workers", 2, "Processes for decoding + flow (<= 1: in-process).")
   flags.DEFINE_enum("engine", "pool", ["pool", "beam"],
                     "pool: a process pool and a flow cache on this machine (resumable); "
@@ -428,7 +433,8 @@ def main(argv: list[str]) -> None:
         max_motion_px=f.max_motion_px,
         estimator=f.estimator, preset=f.preset, estimator_weights=f.estimator_weights,
         estimator_modules=f.estimator_module, sigma=f.sigma,
-        validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir)
+        validation_fraction=f.validation_fraction, workers=f.workers, work_dir=f.work_dir,
+        max_shard_mb=f.max_shard_mb)
   except (NoClipsError, captions_lib.CaptionsError, clip_cache.WorkDirError,
           flow_workers.WorkerStartError, flow_estimators.FlowEstimatorError) as e:
     raise SystemExit(f"error: {e}") from None  # a message, not a traceback

@@ -455,7 +455,7 @@ def build(config: ml_collections.ConfigDict, *, share: Share | None = None,
       raise RuntimeError(f"{len(missing)} chunks were not encoded, e.g. {missing[:3]}: rerun "
                          "the command (on every host) to encode them")
     builder.store = store
-    tfds_prepare.prepare(builder)
+    tfds_prepare.prepare(builder, max_shard_mb=config.data.max_shard_mb)
     splits = builder.info.splits
     (epath.Path(path) / SKIPPED_FILE).write_text(json.dumps(builder.skipped, indent=2) + "\n")
     store.remove()

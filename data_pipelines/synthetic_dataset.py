@@ -57,12 +57,14 @@ class SyntheticPhysicsConfig(tfds.core.BuilderConfig):
   fps: float
   flow_sigma: float
   background_kinds: tuple[str, ...] = synthetic_physics.BACKGROUND_KINDS
+  motion_kinds: tuple[str, ...] = synthetic_physics.MOTION_KINDS
 
 
 def make_builder_config(*, num_train_clips: int, num_eval_clips: int, num_frames: int,
                         height: int, width: int, seed: int, max_objects: int,
                         fps: float, flow_sigma: float,
                         background_kinds: Sequence[str] = synthetic_physics.BACKGROUND_KINDS,
+                        motion_kinds: Sequence[str] = synthetic_physics.MOTION_KINDS,
                         ) -> SyntheticPhysicsConfig:
   """A builder config whose name encodes every parameter (so sizes never collide)."""
   if min(num_train_clips, num_eval_clips) < 1:
@@ -74,19 +76,24 @@ def make_builder_config(*, num_train_clips: int, num_eval_clips: int, num_frames
     raise ValueError(f"clips need at least 2 frames (flow is between frames), got {num_frames}")
   background_kinds = tuple(str(k) for k in background_kinds)
   synthetic_physics.check_background_kinds(background_kinds)
+  motion_kinds = tuple(str(k) for k in motion_kinds)
+  synthetic_physics.check_motion_kinds(motion_kinds)
   name = (f"train{num_train_clips}-val{num_eval_clips}-{num_frames}x{height}x{width}"
           f"-obj{max_objects}-seed{seed}-fps{fps:g}-sigma{flow_sigma:g}")
   if background_kinds != synthetic_physics.BACKGROUND_KINDS:  # the default keeps its old name
     name += "-bg" + "+".join(background_kinds)
+  if motion_kinds != synthetic_physics.MOTION_KINDS:
+    name += "-mk" + "+".join(motion_kinds)
   return SyntheticPhysicsConfig(
       name=name, version=SyntheticPhysics.VERSION,
       description=(f"{num_train_clips} train / {num_eval_clips} validation clips of "
                    f"{num_frames}x{height}x{width}, up to {max_objects} objects, "
-                   f"seed {seed}, backgrounds {'/'.join(background_kinds)}."),
+                   f"seed {seed}, backgrounds {'/'.join(background_kinds)}, motions "
+                   f"{'/'.join(motion_kinds)}."),
       num_train_clips=int(num_train_clips), num_eval_clips=int(num_eval_clips),
       num_frames=int(num_frames), height=int(height), width=int(width), seed=int(seed),
       max_objects=int(max_objects), fps=float(fps), flow_sigma=float(flow_sigma),
-      background_kinds=background_kinds)
+      background_kinds=background_kinds, motion_kinds=motion_kinds)
 
 
 def clip_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
@@ -102,7 +109,8 @@ def make_example(config: SyntheticPhysicsConfig, split: str, index: int) -> dict
   """Renders clip `index` of `split` as a feature dict of the shared clip format."""
   clip = synthetic_physics.render_clip(
       clip_seed(config.seed, split, index), config.num_frames, config.height,
-      config.width, config.max_objects, background_kinds=config.background_kinds)
+      config.width, config.max_objects, background_kinds=config.background_kinds,
+      motion_kinds=config.motion_kinds)
   return {
       "video": clip.video,
       "motion": motion_encoding.flows_to_motion_video(clip.flow, config.flow_sigma),
@@ -142,6 +150,7 @@ class SyntheticPhysics(tfds.core.GeneratorBasedBuilder):
             fps=config.fps, flow_estimator=FLOW_ESTIMATOR,
             flow_sigma=config.flow_sigma, source=SOURCE, seed=config.seed,
             max_objects=config.max_objects, background_kinds=list(config.background_kinds),
+            motion_kinds=list(config.motion_kinds),
             num_train_clips=config.num_train_clips,
             num_eval_clips=config.num_eval_clips),
     )
@@ -165,7 +174,8 @@ def builder_for(config: ml_collections.ConfigDict) -> SyntheticPhysics:
       num_train_clips=synthetic.num_train_clips, num_eval_clips=synthetic.num_eval_clips,
       num_frames=data.num_frames, height=data.height, width=data.width,
       seed=synthetic.seed, max_objects=synthetic.max_objects, fps=synthetic.fps,
-      flow_sigma=data.flow_sigma, background_kinds=tuple(synthetic.background_kinds))
+      flow_sigma=data.flow_sigma, background_kinds=tuple(synthetic.background_kinds),
+      motion_kinds=tuple(synthetic.motion_kinds))
   return SyntheticPhysics(
       config=builder_config, data_dir=os.fspath(data.dataset_dir),
       file_format=FILE_FORMAT)
@@ -179,7 +189,7 @@ def build(config: ml_collections.ConfigDict) -> str:
     print(f"Already built, nothing to do: {path}")
     return path
   start = time.time()
-  tfds_prepare.prepare(builder)
+  tfds_prepare.prepare(builder, max_shard_mb=config.data.max_shard_mb)
   splits = builder.info.splits
   counts = ", ".join(f"{name}: {splits[name].num_examples}" for name in splits)
   print(f"Wrote {path} ({counts} clips of {config.data.num_frames}x"

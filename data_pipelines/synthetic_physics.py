@@ -392,7 +392,8 @@ def render_scene(scene: Scene, num_frames: int) -> SyntheticClip:
 def render_clip(rng_or_seed: np.random.Generator | int | np.random.SeedSequence,
                 num_frames: int, height: int, width: int,
                 max_objects: int = DEFAULT_MAX_OBJECTS,
-                background_kinds: Sequence[str] = BACKGROUND_KINDS) -> SyntheticClip:
+                background_kinds: Sequence[str] = BACKGROUND_KINDS,
+                motion_kinds: Sequence[str] = MOTION_KINDS) -> SyntheticClip:
   """Samples a random scene (deterministic by seed) and renders it.
 
   Args:
@@ -400,6 +401,7 @@ def render_clip(rng_or_seed: np.random.Generator | int | np.random.SeedSequence,
     num_frames, height, width: clip size (T >= 2).
     max_objects: scenes hold 1..max_objects objects (distinct colours).
     background_kinds: the backgrounds drawn from (a subset of BACKGROUND_KINDS).
+    motion_kinds: the motions drawn from, uniformly (a subset of MOTION_KINDS).
   Returns:
     A SyntheticClip with uint8 video [T,H,W,3], exact float32 flow [T-1,H,W,2] and a
     caption naming each object and its motion.
@@ -407,7 +409,7 @@ def render_clip(rng_or_seed: np.random.Generator | int | np.random.SeedSequence,
   rng = (rng_or_seed if isinstance(rng_or_seed, np.random.Generator)
          else np.random.default_rng(rng_or_seed))
   scene = sample_scene(rng, num_frames, height, width, max_objects,
-                       background_kinds=background_kinds)
+                       motion_kinds=motion_kinds, background_kinds=background_kinds)
   return render_scene(scene, num_frames)
 
 
@@ -423,6 +425,7 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
   if max_objects < 1 or max_objects > len(COLOURS):
     raise ValueError(f"max_objects must be in [1, {len(COLOURS)}], got {max_objects}")
   check_background_kinds(background_kinds)
+  check_motion_kinds(motion_kinds)
   kind = str(rng.choice(list(background_kinds)))
   background = sample_background(rng, kind, height, width)
   num_objects = int(rng.integers(1, max_objects + 1))
@@ -432,6 +435,14 @@ def sample_scene(rng: np.random.Generator, num_frames: int, height: int, width: 
                     height, width)
       for colour in colours)
   return Scene(background=background, background_kind=kind, objects=objects)
+
+
+def check_motion_kinds(kinds: Sequence[str]) -> None:
+  """Raises ValueError unless `kinds` is a non-empty set of known motions."""
+  unknown = sorted(set(kinds) - set(MOTION_KINDS))
+  if not kinds or unknown or len(set(kinds)) != len(kinds):
+    raise ValueError(f"motion kinds must be distinct names from {MOTION_KINDS}, "
+                     f"got {tuple(kinds)}")
 
 
 def check_background_kinds(kinds: Sequence[str]) -> None:

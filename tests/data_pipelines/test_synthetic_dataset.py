@@ -130,6 +130,48 @@ def test_other_sizes_get_their_own_folder(built, tmp_path):
   np.testing.assert_array_equal(first[key], old_first[key])
 
 
+def test_motion_kinds_name_their_own_dataset(built, tmp_path):
+  config, path = built
+  linear = _tiny_config(config.data.dataset_dir)
+  linear.data.synthetic.motion_kinds = ("linear",)
+  other = synthetic_dataset.build(linear)
+  assert other != path and "-mklinear" in other
+  builder = tfds.builder_from_directory(other)
+  assert list(builder.info.metadata["motion_kinds"]) == ["linear"]
+  source = builder.as_data_source("train")
+  for i in range(len(source)):
+    assert " moving " in source[i]["caption"].decode()
+  with pytest.raises(ValueError, match="motion kinds"):
+    bad = _tiny_config(config.data.dataset_dir)
+    bad.data.synthetic.motion_kinds = ("sliding",)
+    synthetic_dataset.build(bad)
+
+
+def test_max_shard_mb_bounds_the_shard_files(tmp_path):
+  def train_split(config):
+    path = synthetic_dataset.build(config)
+    return path, tfds.builder_from_directory(path).info.splits["train"]
+
+  default = _tiny_config(tmp_path / "default", num_train_clips=32)
+  path, split = train_split(default)
+  assert split.num_shards == 1     # TFDS's bounds (64 MiB to 1 GiB): one file
+  small = _tiny_config(tmp_path / "small", num_train_clips=32)
+  small.data.max_shard_mb = split.num_bytes / 2**20 / 4
+  other, small_split = train_split(small)
+  # TFDS's rule: a power of two of shards, each within [max / 2, max] bytes.
+  assert small_split.num_shards in (4, 8)
+  assert len([f for f in os.listdir(other) if "-train.array_record" in f]) == small_split.num_shards
+  assert small_split.num_bytes / small_split.num_shards <= small.data.max_shard_mb * 2**20
+  # Same records, in more files.
+  old = tfds.builder_from_directory(path).as_data_source("train")
+  new = tfds.builder_from_directory(other).as_data_source("train")
+  assert sorted(r["clip_id"] for r in old) == sorted(r["clip_id"] for r in new)
+  small.data.max_shard_mb = 0.0
+  small.data.dataset_dir = str(tmp_path / "zero")
+  with pytest.raises(ValueError, match="max_shard_mb must be > 0"):
+    synthetic_dataset.build(small)
+
+
 def test_command_line(tmp_path):
   command = [sys.executable, "-m", "data_pipelines.build_synthetic",
              "--config", "configs/quickstart.py",

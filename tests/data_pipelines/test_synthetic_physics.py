@@ -307,3 +307,20 @@ def test_sampled_falling_objects_stay_inside():
     assert cx.min() - half_w >= -0.5 - 1e-9 and cx.max() + half_w <= W - 0.5 + 1e-9
     v = obj.motion.vertical_velocity(t)
     assert np.all(np.abs(v) <= np.sqrt(2 * obj.motion.gravity * obj.motion.peak_height) + 1e-9)
+
+
+def test_motion_kinds_restrict_the_motions_drawn():
+  for seed in range(12):
+    clip = sp.render_clip(seed, T, H, W, 3, motion_kinds=("linear", "falling"))
+    assert {type(o.motion) for o in clip.scene.objects} <= {sp.LinearMotion, sp.FallingMotion}
+  # The default draws every kind; the same seed with the same kinds is the same clip.
+  kinds = {type(o.motion) for s in range(40) for o in sp.render_clip(s, T, H, W, 3).scene.objects}
+  assert kinds == {sp.LinearMotion, sp.BouncingMotion, sp.FallingMotion, sp.RotatingMotion}
+  np.testing.assert_array_equal(sp.render_clip(5, T, H, W, motion_kinds=sp.MOTION_KINDS).video,
+                                sp.render_clip(5, T, H, W).video)
+
+
+@pytest.mark.parametrize("kinds", [(), ("linear", "linear"), ("linear", "spinning")])
+def test_bad_motion_kinds_are_refused(kinds):
+  with pytest.raises(ValueError, match="motion kinds"):
+    sp.render_clip(0, T, H, W, motion_kinds=kinds)

@@ -10,6 +10,7 @@ resumed run reads exactly the batches it would have read.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from jax.sharding import NamedSharding
 
 from videojam_jax.data import clip_records
 from videojam_jax.data import frames
+from videojam_jax.data import open_files
 from videojam_jax.data import text as text_lib
 from videojam_jax.model.wan import weights as wan_weights
 
@@ -94,7 +96,9 @@ def open_clip_source(config: ml_collections.ConfigDict, split: str) -> tuple[Any
       width=config.data.width, flow_sigma=config.data.flow_sigma, where=version_dir,
       channels=int(config.data.get("channels", 3)), vae_sha256=vae_hash)
   _check_split(builder, version_dir, split)
-  return CheckedSource(builder.as_data_source(split), f"{version_dir}[{split}]"), metadata
+  name = f"{version_dir}[{split}]"
+  open_files.reserve_shard_files(name, builder.info.splits[split].num_shards)
+  return CheckedSource(builder.as_data_source(split), name), metadata
 
 
 def read_captions(dataset_dir: epath.PathLike, split: str, count: int) -> list[str]:
@@ -137,6 +141,10 @@ class CheckedSource(grain.sources.RandomAccessDataSource):
     try:
       record = self._source[index]
     except Exception as e:  # decoding errors come as many types (zlib, protobuf, ...)
+      if open_files.is_too_many_open_files(e):  # the machine's limit, not the record
+        raise OSError(errno.EMFILE, f"record {index} of {self._name}: its shard file cannot be "
+                      f"opened ({e}); the process has run out of open files. Raise "
+                      "`ulimit -n`, or rebuild the dataset with larger shards.") from e
       raise CorruptRecordError(f"record {index} of {self._name} cannot be decoded "
                                f"({type(e).__name__}: {e}); rebuild the dataset.") from e
     missing = [k for k in ("video", "motion", "caption") if k not in record]

@@ -143,7 +143,7 @@ def main(argv: list[str]) -> None:
     if engine == "pool":
       print(f"| - of which stage 1: decode + flow + cache, pool start included | "
             f"{_WORKERS.value} | {whole['prepare_fps']:.0f} |")
-      print(f"| - of which stage 2: TFDS write (motion encoding + ZLIB + ArrayRecord) | 1 | "
+      print(f"| - of which stage 2: TFDS write (motion encoding + ArrayRecord zstd) | 1 | "
             f"{whole['write_fps']:.0f} |")
   print(f"load average while running: {os.getloadavg()[0]:.1f} (other processes share "
         "these cores: compare runs at similar load)")

@@ -89,17 +89,17 @@ class LatentClipsConfig(tfds.core.BuilderConfig):
 
 def latent_features(num_frames: int, height: int, width: int, channels: int,
                     text_dim: int = 0) -> tfds.features.FeaturesDict:
-  zlib = tfds.features.Encoding.ZLIB
+  encoding = clip_records.TENSOR_ENCODING   # ArrayRecord compresses each record
   shape = (num_frames, height, width, channels)
   features = {
-      "video": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=zlib),
-      "motion": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=zlib),
+      "video": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=encoding),
+      "motion": tfds.features.Tensor(shape=shape, dtype=np.float32, encoding=encoding),
       "caption": tfds.features.Text(),
       "clip_id": tfds.features.Text(),
   }
   if text_dim:
     features[pipeline.TEXT_EMBEDDING] = tfds.features.Tensor(
-        shape=(None, text_dim), dtype=np.float32, encoding=zlib)
+        shape=(None, text_dim), dtype=np.float32, encoding=encoding)
   return tfds.features.FeaturesDict(features)
 
 

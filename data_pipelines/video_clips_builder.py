@@ -112,6 +112,8 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
   """Clips from video files with estimated optical flow, in the shared clip format."""
 
   VERSION = tfds.core.Version("1.0.0")
+  # Raw bytes: ArrayRecord's zstd compresses each record (clip_records.TENSOR_ENCODING).
+  TENSOR_ENCODING = clip_records.TENSOR_ENCODING
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = []  # every setting is a config made by make_builder_config
 
@@ -132,7 +134,7 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
         builder=self,
         description=__doc__.splitlines()[0],
         features=clip_records.clip_features(config.num_frames, config.height, config.width,
-                                            config.flow_storage),
+                                            config.flow_storage, self.TENSOR_ENCODING),
         metadata=clip_records.clip_metadata(
             num_frames=config.num_frames, height=config.height, width=config.width,
             fps=config.fps, flow_estimator=config.flow_estimator,

@@ -195,6 +195,12 @@ def defaults() -> ml_collections.ConfigDict:
       type="samples", every_steps=400, weights="ema", split="validation", num_prompts=4,
       seeds=(0,), batch_size=8, write_videos=True, metrics=True, dis_preset="medium",
       fps=8.0, min_side=128, object_check=True))
+  # Does the model read each kind of caption word? The held-out loss with every colour /
+  # shape / direction word swapped, over the loss with the true caption (1 = the word is
+  # ignored; evaluation/evaluators/caption_swap.py). Synthetic captions only.
+  config.evals.caption_swap = ml_collections.ConfigDict(dict(
+      type="caption_swap", every_steps=0, weights="ema", split="validation", num_clips=32,
+      batch_size=8, times=(0.05, 0.3, 0.7), seed=0, swaps=("colour", "shape", "direction")))
   return config
 
 
@@ -243,4 +249,5 @@ def get_config(stage: str = "videojam") -> ml_collections.ConfigDict:
     config.optim.learning_rate = 5e-4
     config.evals.heldout.every_steps = 100
   config.evals.samples.every_steps = config.train.num_steps   # the final step's samples
+  config.evals.caption_swap.every_steps = config.train.num_steps
   return config

@@ -68,7 +68,7 @@ def evaluator_class(type_name: str) -> type:
     if e.name != module_name and not module_name.startswith(f"{e.name}."):
       raise
     raise EvaluatorConfigError(
-        f"evaluator type {type_name!r}: no module {module_name!r} (built in: heldout_loss, "
+        f"evaluator type {type_name!r}: no module {module_name!r} (built in: heldout_loss, caption_swap, "
         "samples; or give the dotted path of a module with an Evaluator class)") from e
   if not hasattr(module, "Evaluator"):
     raise EvaluatorConfigError(f"evaluator module {module_name!r} has no Evaluator class")

@@ -44,6 +44,7 @@ class Evaluator:
     num_clips = int(evaluators.option(options, "num_clips", 32))
     batch_size = int(evaluators.option(options, "batch_size", 8))
     self._plan.check_batch_divisible(batch_size, "heldout_loss.batch_size")
+    self._captions = exp.captions
     self._batches, self.num_clips = self._load(config.data, exp.captions, num_clips, batch_size)
     logging.info("heldout_loss: %d clips of split %r at t = %s", self.num_clips, self.split,
                  self.times)
@@ -61,6 +62,7 @@ class Evaluator:
                                  captions=captions, shuffle=False, repeat=False,
                                  with_index=True, drop_remainder=False)
     batches, count = [], 0
+    self._local_batches = []   # this process's rows of each batch (for with_captions)
     for local in ds:
       keep = np.asarray(local["clip_index"]) < num_clips
       if not keep.any():
@@ -71,22 +73,36 @@ class Evaluator:
       padded = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v
                 for k, v in rows.items()}
       padded["weight"] = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-      shardings = {k: self._plan.batch_sharding(v.ndim) for k, v in padded.items()}
-      batches.append(pipeline.make_global_batch(padded, shardings))
+      self._local_batches.append(padded)
+      batches.append(self._global(padded))
       count += n
     if not batches:
       raise ValueError(f"heldout_loss: split {self.split!r} gave no clips")
     total = int(jax.device_get(sum(jnp.sum(b["weight"]) for b in batches)))
     return batches, total
 
-  def per_clip(self, params: Any) -> dict[str, np.ndarray]:
-    """Each loss of each held-out clip at each time: name -> [num_clips, len(times)]."""
+  def _global(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    shardings = {k: self._plan.batch_sharding(v.ndim) for k, v in local.items()}
+    return pipeline.make_global_batch(local, shardings)
+
+  def with_captions(self, captions: list[str]) -> list[dict[str, jax.Array]]:
+    """The held-out batches with clip i captioned captions[i] instead (same clips, noise)."""
+    batches = []
+    for local in self._local_batches:
+      text, mask = self._captions([captions[i] for i in np.asarray(local["clip_index"])])
+      batches.append(self._global(dict(local, text=text, text_mask=mask)))
+    return batches
+
+  def per_clip(self, params: Any, batches: list[dict[str, jax.Array]] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Each loss of each held-out clip at each time: name -> [num_clips, len(times)]
+    (of `batches`, default the held-out batches as loaded)."""
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
     per_time: dict[str, list[list[np.ndarray]]] = {}
     with self._plan.active():
       for i, t in enumerate(self.times):
         key = jax.random.fold_in(self._key, i)
-        for batch in self._batches:
+        for batch in (self._batches if batches is None else batches):
           keep = gather(batch["weight"]) > 0   # padding rows of the last batch
           for name, value in self._losses(params, batch, jnp.float32(t), key).items():
             per_time.setdefault(name, [[] for _ in self.times])[i].append(gather(value)[keep])

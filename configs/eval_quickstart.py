@@ -57,6 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.heldout = ml_collections.ConfigDict(dict(
       split="validation", num_clips=32, batch_size=8, times=(0.1, 0.3, 0.5, 0.7, 0.9), seed=0))
 
+  # --- Does each model read each kind of caption word? The held-out loss with every
+  # colour / shape / direction word swapped over the true caption's (1 = ignored;
+  # evaluation/evaluators/caption_swap.py; columns caption_swap/*). Synthetic captions,
+  # built-in text encoder only; num_clips=0 skips it.
+  config.caption_swap = ml_collections.ConfigDict(dict(
+      split="validation", num_clips=0, batch_size=8, times=(0.05, 0.3, 0.7), seed=0,
+      swaps=("colour", "shape", "direction")))
+
   # --- Metrics (videojam_jax/evaluation/motion_metrics.py) and the page.
   config.metrics = ml_collections.ConfigDict()
   config.metrics.dis_preset = "medium"   # OpenCV DIS flow preset: ultrafast | fast | medium

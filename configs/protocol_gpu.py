@@ -54,5 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
   e.batch_size = 128
   e.sample.text_scale = 5.0
   e.heldout.batch_size = 64
+  e.caption_swap.batch_size = 64
   e.report.title = "Protocol on one GPU: base vs VideoJAM, fine-tuned from one pretrained base"
   return config

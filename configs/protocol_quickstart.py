@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   e.sweep.motion_scale = (1.0, 3.0)
   e.heldout.num_clips = 128
   e.heldout.batch_size = 16
+  e.caption_swap.num_clips = 128          # does each arm read colour / shape / direction words?
+  e.caption_swap.batch_size = 16
   e.metrics.object_check = True
   e.metrics.fps = 8.0
   e.report.title = "Protocol: base vs VideoJAM, fine-tuned from one pretrained base"

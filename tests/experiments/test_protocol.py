@@ -150,7 +150,12 @@ def test_protocol_runs_every_stage_writes_the_table_and_reruns_as_a_no_op(protoc
     assert float(row["heldout/video_loss_ci_low"]) <= float(row["heldout/video_loss"])
     assert 0.0 <= float(row["objects_present_mean"]) <= 1.0
     assert (row["warping_error_diff"] == "") == (row["model"] == "base")
+    # Each arm's caption-swap ratios: swapped / true held-out loss, > 0, motion for VideoJAM.
+    assert float(row["caption_swap/colour_video_loss_ratio"]) > 0
+    assert float(row["caption_swap/colour_clips"]) == 4
+    assert (row["caption_swap/colour_motion_loss_ratio"] == "") == (row["model"] == "base")
   markdown = (run / "protocol.md").read_text()
+  assert "caption_swap/direction_video_loss_ratio" in markdown
   assert "## Compute per arm" in markdown and "| videojam_zero_head | True |" in markdown
   assert "Inner-Guidance w1=1 w2=3" in markdown and "## Paired difference to base" in markdown
   assert (run / "protocol.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

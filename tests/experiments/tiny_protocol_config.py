@@ -32,6 +32,10 @@ def get_config():
   e.heldout.num_clips = 4
   e.heldout.batch_size = 2
   e.heldout.times = (0.3, 0.7)
+  e.caption_swap.num_clips = 4
+  e.caption_swap.batch_size = 2
+  e.caption_swap.times = (0.05,)
+  e.caption_swap.swaps = ("colour", "direction")
   e.metrics.dis_preset = "ultrafast"
   e.metrics.object_check = True
   e.report.min_side = 32

@@ -42,6 +42,7 @@ from videojam_jax.evaluation import object_check
 from videojam_jax.evaluation import result_store
 from videojam_jax.evaluation import statistics
 from videojam_jax.evaluation import sweep as sweep_lib
+from videojam_jax.evaluation.evaluators import caption_swap
 from videojam_jax.evaluation.evaluators import heldout_loss
 from videojam_jax.evaluation.evaluators import samples as samples_eval
 from videojam_jax.evaluation.report import page as report_page
@@ -151,6 +152,21 @@ def heldout_losses(config: ml_collections.ConfigDict, model: runs.LoadedModel) -
   return out
 
 
+def caption_swap_ratios(config: ml_collections.ConfigDict, model: runs.LoadedModel
+                        ) -> dict[str, float]:
+  """The caption_swap evaluator on a loaded run (config.caption_swap; num_clips=0 or no
+  such block: none): swapped / true held-out loss per kind of caption word."""
+  block = config.get("caption_swap")
+  if block is None or int(block.num_clips) <= 0:
+    return {}
+  exp = model.experiment
+  if config.prompts.dataset_dir:
+    exp.config.data.dataset_dir = config.prompts.dataset_dir
+  evaluator = caption_swap.Evaluator(ml_collections.ConfigDict(block.to_dict()),
+                                     evaluators.EvalContext(exp, None))
+  return {f"caption_swap/{name}": value for name, value in evaluator.run(model.params, 0)}
+
+
 def write_arrays(path: epath.Path, clips: list[samples_eval.Clip]) -> None:
   """Every clip of a setting in one .npz, to re-score without sampling again: videos (and
   motions, VideoJAM models) uint8 [N, T, H, W, 3], captions [N], seeds [N], prompt_index [N]."""
@@ -202,6 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
             "heldout": config.heldout.to_dict(),
             # Only when on, so that results made before the option existed stay valid.
             **({"object_check": True} if config.metrics.object_check else {}),
+            **({"caption_swap": config.caption_swap.to_dict()}
+               if int(config.get("caption_swap", {}).get("num_clips", 0)) > 0 else {}),
             **({"video_format": config.report.video_format}
                if config.report.video_format != "mp4" else {})}
 
@@ -224,7 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = Tru
     info, exp = model.info, model.experiment
     sigma, fps = float(info.config.data.flow_sigma), _fps(config, info)
     if job.model not in model_metrics:
-      model_metrics[job.model] = heldout_losses(config, model)
+      model_metrics[job.model] = {**heldout_losses(config, model),
+                                  **caption_swap_ratios(config, model)}
     start = time.time()
     batch = samples_eval.clip_batch_size(config.batch_size, len(prompts), exp.plan.batch_ways)
     clips = samples_eval.generate_clips(

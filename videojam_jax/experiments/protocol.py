@@ -337,8 +337,10 @@ def markdown(rows: Sequence[Mapping[str, Any]], stages: Mapping[str, Any], refer
     lines.append(f"| {name} | {arm.get('jam')} | `{arm.get('overrides')}` | {arm.get('steps')} | "
                  f"{arm.get('clips_seen')} | {arm.get('train_pflop', 0.0):.4g} | "
                  f"{arm.get('train_seconds', 0.0):.0f} |")
-  model_keys = list(dict.fromkeys(k for row in rows for k in row
-                                  if k.startswith("heldout/") and k.endswith("_loss")))
+  model_keys = list(dict.fromkeys(
+      k for row in rows for k in row
+      if (k.startswith("heldout/") and k.endswith("_loss"))
+      or (k.startswith("caption_swap/") and k.endswith("_ratio"))))
   header = ["arm", "setting", "clips"] + list(metrics) + model_keys
   lines += ["", "## Metrics: mean [bootstrap 95% interval over clips]", "",
             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

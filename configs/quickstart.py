@@ -50,7 +50,8 @@ def defaults() -> ml_collections.ConfigDict:
   config.data.worker_count = 0          # Grain worker processes (0: in-process)
   config.data.prefetch_buffer_size = 2
   config.data.read_threads = 2
-  # Largest shard file the dataset builders write, in MiB (TFDS's default bound). Every
+  # Largest shard the dataset builders write, in MiB of serialized records before
+  # ArrayRecord's compression (TFDS's default bound). Every
   # shard read is an open file in each reading process; data/open_files.py raises the
   # limit as needed.
   config.data.max_shard_mb = 1024.0

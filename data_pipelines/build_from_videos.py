@@ -405,8 +405,9 @@ def define_flags() -> None:
       "validation_fraction", DEFAULT_VALIDATION_FRACTION,
       "Fraction of files (not clips) in the validation split; 0: train only.")
   flags.DEFINE_float("max_shard_mb", tfds_prepare.DEFAULT_MAX_SHARD_MB,
-                     "Largest shard file to write, in MiB (each shard read is an open file "
-                     "in every process that reads the dataset).")
+                     "Largest shard to write, in MiB of serialized records before "
+                     "ArrayRecord's compression (each shard read is an open file in every "
+                     "process that reads the dataset).")
   flags.DEFINE_integer("workers", 2, "Processes for decoding + flow (<= 1: in-process).")
   flags.DEFINE_enum("engine", "pool", ["pool", "beam"],
                     "pool: a process pool and a flow cache on this machine (resumable); "

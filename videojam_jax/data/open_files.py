@@ -3,9 +3,10 @@
 ArrayRecord keeps each shard file open once it has read from it, and every Grain
 worker process holds its own readers. A process that reads a whole split at random
 (a shuffled epoch) therefore ends up holding one descriptor per shard file. TFDS
-sizes shards at up to 1 GiB, so a 1.3 TB dataset (a million 8-frame 256x256 clips)
-has 2048 shards, over Linux's usual soft limit of 1024 descriptors: the read then
-fails part-way through the first epoch with "Too many open files".
+sizes shards at up to 1 GiB of serialized records, so a million 8-frame 256x256 clips
+(about 3 TB before ArrayRecord's compression) get 3072 shards, over Linux's usual soft
+limit of 1024 descriptors: the read then fails part-way through the first epoch with
+"Too many open files".
 
 `reserve_shard_files` is called for every split a process opens. It raises the soft
 limit (up to the hard limit, which an unprivileged process may do) before any shard

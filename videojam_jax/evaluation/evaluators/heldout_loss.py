@@ -95,18 +95,22 @@ class Evaluator:
 
   def per_clip(self, params: Any, batches: list[dict[str, jax.Array]] | None = None
                ) -> dict[str, np.ndarray]:
-    """Each loss of each held-out clip at each time: name -> [num_clips, len(times)]
-    (of `batches`, default the held-out batches as loaded)."""
+    """Each loss of each held-out clip at each time: name -> [num_clips, len(times)],
+    rows in record order (of `batches`, default the held-out batches as loaded)."""
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    batches = self._batches if batches is None else batches
     per_time: dict[str, list[list[np.ndarray]]] = {}
     with self._plan.active():
+      # On several hosts the gathered rows interleave the hosts' slices: sort them back.
+      order = np.argsort(np.concatenate(
+          [gather(b["clip_index"])[gather(b["weight"]) > 0] for b in batches]), kind="stable")
       for i, t in enumerate(self.times):
         key = jax.random.fold_in(self._key, i)
-        for batch in (self._batches if batches is None else batches):
+        for batch in batches:
           keep = gather(batch["weight"]) > 0   # padding rows of the last batch
           for name, value in self._losses(params, batch, jnp.float32(t), key).items():
             per_time.setdefault(name, [[] for _ in self.times])[i].append(gather(value)[keep])
-    return {name: np.stack([np.concatenate(chunks) for chunks in columns], axis=1)
+    return {name: np.stack([np.concatenate(chunks)[order] for chunks in columns], axis=1)
             for name, columns in per_time.items()}
 
   def run(self, params: Any, step: int) -> Iterator[tuple[str, float]]:

@@ -335,7 +335,9 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
       dataset_rewritten=rewritten,
       seconds=dict(prepare=0.0, write=round(time.perf_counter() - start, 3),
                    total=round(time.perf_counter() - start, 3)),
-      new_clips_per_second=0.0,
+      # Beam has no flow cache: every clip of a rewrite is new (none when nothing changed).
+      new_clips_per_second=(round(sum(clips.values()) / (time.perf_counter() - start), 3)
+                            if rewritten else 0.0),
       files_split_at_cuts=counters.get("files_split_at_cuts", 0),
       shots_with_clips=counters.get("shots_with_clips", 0),
       clips_dropped={reason: counters.get(f"clips_dropped_{reason}", 0)

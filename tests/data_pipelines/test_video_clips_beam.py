@@ -36,6 +36,7 @@ def both_engines(videos, tmp_path_factory):
 def test_beam_writes_the_records_the_pool_writes(both_engines):
   pool, beam = both_engines
   assert beam.clips == pool.clips and sum(beam.clips.values()) == 17
+  assert beam.new_clips_per_second > 0 and pool.new_clips_per_second > 0   # both report speed
   for split in ("train", "validation"):
     ours = sorted(read_split(pool.dataset_dir, split), key=lambda r: r["clip_id"])
     theirs = sorted(read_split(beam.dataset_dir, split), key=lambda r: r["clip_id"])

@@ -9,18 +9,9 @@ from videojam_jax.data import pipeline
 from videojam_jax.evaluation import caption_swaps
 from videojam_jax.evaluation import evaluators
 from videojam_jax.evaluation.evaluators import caption_swap
-from videojam_jax.training import experiment
 from videojam_jax.training import flow_matching
 
 NUM_CLIPS = 4
-
-
-@pytest.fixture(scope="module")
-def setup(synthetic_data, make_tiny_config, perturb_params):
-  config = make_tiny_config(synthetic_data[0])
-  exp = experiment.build(config)
-  params = perturb_params(jax.device_get(exp.model.init(jax.random.key(0))), seed=9)
-  return exp, params
 
 
 def evaluate(exp, params, **options):

@@ -9,16 +9,7 @@ import pytest
 from videojam_jax.data import pipeline
 from videojam_jax.evaluation import evaluators
 from videojam_jax.evaluation.evaluators import heldout_loss
-from videojam_jax.training import experiment
 from videojam_jax.training import flow_matching
-
-
-@pytest.fixture(scope="module")
-def setup(synthetic_data, make_tiny_config, perturb_params):
-  config = make_tiny_config(synthetic_data[0])
-  exp = experiment.build(config)
-  params = perturb_params(jax.device_get(exp.model.init(jax.random.key(0))), seed=9)
-  return exp, params
 
 
 def evaluate(exp, params, **options):

@@ -49,7 +49,7 @@ class RaftEstimator:
       raise ValueError(f"num_updates and batch_size must be >= 1, got {num_updates}, "
                        f"{batch_size}")
     self.num_updates, self.batch_size = int(num_updates), int(batch_size)
-    model = raft_weights.load(network.init(config), state_dict)
+    model = raft_weights.load(network.init(config), state_dict, source=os.fspath(weights_path))
     self._graph, self._state = nnx.split(model)
     self.name = f"raft:{(variant or 'custom').removeprefix('raft_')}:{self.num_updates}"
 

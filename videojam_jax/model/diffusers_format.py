@@ -246,11 +246,30 @@ class TensorReader:
       raise CheckpointError(f"{self.directory}: tensor {name!r} cannot be read: {e}") from e
 
 
+class ArrayReader:
+  """TensorReader's reading interface over tensors already in memory (e.g. a torch state
+  dict read without torch), so that `check` validates them too. `directory` names their
+  source in error messages."""
+
+  def __init__(self, tensors: dict[str, np.ndarray], source: str):
+    self._tensors, self.directory = dict(tensors), source
+
+  def names(self) -> set[str]:
+    return set(self._tensors)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._tensors[name].shape)
+
+  def get(self, name: str) -> np.ndarray:
+    return np.asarray(self._tensors[name], np.float32)
+
+
 def _layers(abstract: Any, entry: Entry) -> int:
   return abstract.shape[0] if entry.stacked else 1
 
 
-def check(reader: TensorReader, table: Sequence[Entry], abstract_params: dict[str, Any],
+def check(reader: TensorReader | ArrayReader, table: Sequence[Entry],
+          abstract_params: dict[str, Any],
           ignore: Sequence[str] = ()) -> None:
   """Every table row has its tensors with the shapes our parameters need, and the
   checkpoint holds nothing the table does not know (bar `ignore` substrings)."""

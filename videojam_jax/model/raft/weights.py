@@ -155,37 +155,34 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return read_torch_zip(path)
 
 
-def load(model: network.Raft, state_dict: dict[str, np.ndarray]) -> network.Raft:
-  """Fills `model` (in place; also returned) with torchvision's tensors by `raft_table`."""
+def load(model: network.Raft, state_dict: dict[str, np.ndarray],
+         source: str = "RAFT weights") -> network.Raft:
+  """Fills `model` (in place; also returned) with torchvision's tensors by `raft_table`.
+
+  The tensors are checked as a diffusers checkpoint is (`diffusers_format.check`): every
+  one the table needs, none it does not know, each of the shape the config needs."""
   table = raft_table(model.config)
-  ours = fmt.flatten(nnx.state(model).to_pure_dict())
-  theirs = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED_SUFFIXES)}
-  missing = sorted({e.theirs for e in table} - set(theirs))
-  unknown = sorted(set(theirs) - {e.theirs for e in table})
-  if missing or unknown:
-    raise RaftWeightsError(
-        f"weights do not match this RAFT config: missing {missing[:5]}, unexpected "
-        f"{unknown[:5]} (raft_large and raft_small files need their own config)")
-  if set(ours) != {e.ours for e in table}:   # a bug in the table, not in the file
-    raise AssertionError(f"raft_table does not cover the model: "
-                         f"{sorted(set(ours) ^ {e.ours for e in table})[:5]}")
-  values = {}
-  for entry in table:
-    tensor = np.asarray(theirs[entry.theirs], np.float32)
-    want = entry.layout.theirs_shape(ours[entry.ours].shape)
-    if tuple(tensor.shape) != tuple(want):
-      raise RaftWeightsError(f"{entry.theirs}: shape {tuple(tensor.shape)}, this config "
-                             f"needs {tuple(want)}")
-    values[entry.ours] = jnp.asarray(entry.layout.to_ours(tensor, ours[entry.ours].shape))
+  reader = fmt.ArrayReader({k: v for k, v in state_dict.items()
+                            if not k.endswith(IGNORED_SUFFIXES)}, source)
+  params = nnx.state(model).to_pure_dict()
+  try:
+    fmt.check(reader, table, params)
+  except fmt.CheckpointError as e:
+    raise RaftWeightsError(f"{e} (raft_large and raft_small files need their own "
+                           "config)") from e
+  ours = fmt.flatten(params)
+  values = {entry.ours: jnp.asarray(entry.layout.to_ours(reader.get(entry.theirs),
+                                                         ours[entry.ours].shape))
+            for entry in table}
   state = nnx.state(model)
-  state.replace_by_pure_dict(fmt.unflatten_like(values, state.to_pure_dict()))
+  state.replace_by_pure_dict(fmt.unflatten_like(values, params))
   nnx.update(model, state)
   return model
 
 
 def from_file(path: str | os.PathLike, config: network.RaftConfig) -> network.Raft:
   """`Raft(config)` with the weights of `path` (torchvision names)."""
-  return load(network.init(config), read_state_dict(path))
+  return load(network.init(config), read_state_dict(path), source=os.fspath(path))
 
 
 def to_state_dict(model: network.Raft) -> dict[str, np.ndarray]:

@@ -326,6 +326,7 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
             if (version_dir / "dataset_info.json").exists() else {})
   clips = {split: (splits[split].num_examples if split in splits else 0)
            for split in splits_lib.SPLITS}
+  seconds = round(time.perf_counter() - start, 3)
   report = BuildReport(
       dataset_dir=os.fspath(version_dir) if sum(clips.values()) else None,
       report_path=os.fspath(config_dir / REPORT_NAME), settings=settings,
@@ -333,11 +334,9 @@ def _build_with_beam(sources: list[captions_lib.SourceVideo], validation_fractio
       files_with_clips=counters.get("files_with_clips", 0), files_from_cache=0, clips=clips,
       skipped=[dataclasses.asdict(s) for s in skipped], warnings=warnings,
       dataset_rewritten=rewritten,
-      seconds=dict(prepare=0.0, write=round(time.perf_counter() - start, 3),
-                   total=round(time.perf_counter() - start, 3)),
+      seconds=dict(prepare=0.0, write=seconds, total=seconds),
       # Beam has no flow cache: every clip of a rewrite is new (none when nothing changed).
-      new_clips_per_second=(round(sum(clips.values()) / (time.perf_counter() - start), 3)
-                            if rewritten else 0.0),
+      new_clips_per_second=round(sum(clips.values()) / seconds, 3) if rewritten else 0.0,
       files_split_at_cuts=counters.get("files_split_at_cuts", 0),
       shots_with_clips=counters.get("shots_with_clips", 0),
       clips_dropped={reason: counters.get(f"clips_dropped_{reason}", 0)

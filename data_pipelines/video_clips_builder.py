@@ -168,8 +168,8 @@ class VideoClips(tfds.core.GeneratorBasedBuilder):
     def make_example(item) -> tuple[str, dict[str, Any]]:
       return clip_example(config, *item)
 
-    # TFDS compresses each example in this thread; encoding the next motion videos
-    # meanwhile in another (NumPy and zlib both release the GIL) uses a second core.
+    # TFDS serializes each example in this thread (ArrayRecord compresses it); encoding
+    # the next motion videos meanwhile in another (NumPy releases the GIL) uses a second core.
     yield from prefetch_map(make_example, cached_clips(), WRITE_PREFETCH)
 
 

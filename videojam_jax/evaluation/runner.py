@@ -132,15 +132,22 @@ def _fps(config: ml_collections.ConfigDict, info: runs.RunInfo) -> float:
   return float(config.metrics.fps or run_samples.get("fps", samples_eval.DEFAULT_FPS))
 
 
+def _eval_context(config: ml_collections.ConfigDict,
+                  model: runs.LoadedModel) -> evaluators.EvalContext:
+  """The model's experiment for the held-out evaluators, reading config.prompts.dataset_dir
+  when one is given (else the run's own data)."""
+  exp = model.experiment
+  if config.prompts.dataset_dir:
+    exp.config.data.dataset_dir = config.prompts.dataset_dir
+  return evaluators.EvalContext(exp, None)
+
+
 def heldout_losses(config: ml_collections.ConfigDict, model: runs.LoadedModel) -> dict[str, float]:
   """The heldout_loss evaluator on a loaded run (config.heldout; num_clips=0: none)."""
   options = ml_collections.ConfigDict(config.heldout.to_dict())
   if int(options.num_clips) <= 0:
     return {}
-  exp = model.experiment
-  if config.prompts.dataset_dir:
-    exp.config.data.dataset_dir = config.prompts.dataset_dir
-  evaluator = heldout_loss.Evaluator(options, evaluators.EvalContext(exp, None))
+  evaluator = heldout_loss.Evaluator(options, _eval_context(config, model))
   out = {}
   for name, losses in evaluator.per_clip(model.params).items():   # [clips, times]
     for t, column in zip(evaluator.times, losses.T):
@@ -159,11 +166,8 @@ def caption_swap_ratios(config: ml_collections.ConfigDict, model: runs.LoadedMod
   block = config.get("caption_swap")
   if block is None or int(block.num_clips) <= 0:
     return {}
-  exp = model.experiment
-  if config.prompts.dataset_dir:
-    exp.config.data.dataset_dir = config.prompts.dataset_dir
   evaluator = caption_swap.Evaluator(ml_collections.ConfigDict(block.to_dict()),
-                                     evaluators.EvalContext(exp, None))
+                                     _eval_context(config, model))
   return {f"caption_swap/{name}": value for name, value in evaluator.run(model.params, 0)}
 
 

@@ -90,7 +90,11 @@ def _conv(in_features: int, out_features: int, kernel: tuple[int, int], *, strid
 
 
 def instance_norm(x: jax.Array) -> jax.Array:
-  """torch.nn.InstanceNorm2d (no affine, no running stats) on NHWC."""
+  """torch.nn.InstanceNorm2d (no affine, no running stats) on NHWC.
+
+  Hand-written rather than jax.nn.standardize: that takes the variance as E[x^2] - E[x]^2,
+  which raised the small fixture's largest difference to torchvision from 1.1e-5 to
+  1.5e-5 px; this two-pass variance is what torch computes."""
   mean = x.mean(axis=(1, 2), keepdims=True)
   var = x.var(axis=(1, 2), keepdims=True)
   return (x - mean) * jax.lax.rsqrt(var + NORM_EPSILON)
